@@ -1,0 +1,167 @@
+"""The Python API: `SegDiff` holds a configured model and its schedule.
+
+    model = SegDiff.load("runs/my-run")
+    out = model.predict(image, generations=30, steps=100)   # image: [H, W, 3] in [0, 1], or [B, 3, H, W]
+    out.mask, out.prob, out.uncertainty                     # [B, H, W]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig, preset
+from .diffusion import make_schedule, training_loss
+from .errors import CheckpointError, UserError
+from .model import SegDiffUNet
+from .predict.ensemble import SamplingOptions, pad_to_stride, sample_x0, summarise
+from .predict.tiling import blend_weight, stitch, windows
+from .train.checkpoint import read_weights, load_into, state_dict_cpu, write_files
+from .data.transforms import resize_image
+
+WEIGHT_FILES = {"best": "best.safetensors", "ema": "ema.safetensors", "raw": "model.safetensors"}
+
+
+@dataclass
+class Prediction:
+    """mask (bool), prob and uncertainty: [B, H, W]; samples: [B, G, H, W] per-generation maps in [0, 1]."""
+
+    mask: torch.Tensor
+    prob: torch.Tensor
+    uncertainty: torch.Tensor
+    samples: torch.Tensor | None = None
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class SegDiff:
+    def __init__(self, config: RunConfig | str = "tiny", device: torch.device | str | None = None):
+        self.config = preset(config) if isinstance(config, str) else config
+        self.device = torch.device(device) if device is not None else default_device()
+        self.net = SegDiffUNet(self.config.model, self.config.diffusion.steps).to(self.device)
+        self.schedule = make_schedule(self.config.diffusion.steps, self.config.diffusion.schedule)
+
+    # -- images ---------------------------------------------------------------------------------
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] -> per-channel normalised with the training set's statistics."""
+        d = self.config.data
+        if d.mean is None or d.std is None:
+            return image * 2 - 1
+        mean = torch.tensor(d.mean, device=image.device, dtype=image.dtype).view(1, -1, 1, 1)
+        std = torch.tensor(d.std, device=image.device, dtype=image.dtype).view(1, -1, 1, 1)
+        return (image - mean) / std
+
+    def _as_batch(self, image) -> torch.Tensor:
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image))
+            if image.dim() == 3 and image.shape[-1] in (1, 3):
+                image = image.permute(2, 0, 1)
+        if image.dim() == 3:
+            image = image[None]
+        if image.dim() != 4 or image.shape[1] != self.config.model.image_channels:
+            raise UserError(f"expected an image [H, W, 3] or [B, 3, H, W], got shape {tuple(image.shape)}")
+        return image.to(self.device, torch.float32)
+
+    # -- training -------------------------------------------------------------------------------
+    def loss(self, image, mask, t: torch.Tensor | None = None, eps: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Eq. 18 for a batch: image [B, 3, H, W] in [0, 1], mask [B, 1, H, W] (or [B, H, W]) binary."""
+        image = self._as_batch(image)
+        mask = torch.as_tensor(mask, device=self.device).float()
+        if mask.dim() == 3:
+            mask = mask[:, None]
+        x0 = (mask > 0.5).float() * 2 - 1
+        n = x0.shape[0]
+        if t is None:
+            t = torch.randint(len(self.schedule), (n,), generator=generator).to(self.device)
+        if eps is None:
+            eps = torch.randn(x0.shape, generator=generator).to(self.device)
+        cond = self.net.encode_image(self.normalize(image))
+        return training_loss(self.net, x0, cond, t.to(self.device), eps.to(self.device), self.schedule)
+
+    # -- prediction -----------------------------------------------------------------------------
+    def sampling_options(self, **overrides) -> SamplingOptions:
+        p, d = self.config.predict, self.config.diffusion
+        opts = SamplingOptions(
+            generations=p.generations, steps=p.steps, sampler=p.sampler, variance=d.variance,
+            clip_x0=d.clip_x0, batch_generations=p.batch_generations,
+        )
+        return replace(opts, **{k: v for k, v in overrides.items() if v is not None})
+
+    @torch.no_grad()
+    def predict_x0(self, image, keys: list | None = None, opts: SamplingOptions | None = None) -> torch.Tensor:
+        """Every generation's x0 at the input's resolution: [B, G, H, W], by the preset's predict_mode."""
+        opts = opts or self.sampling_options()
+        self.net.eval()
+        image = self._as_batch(image)
+        B, _, H, W = image.shape
+        keys = list(range(B)) if keys is None else keys
+        d, stride = self.config.data, self.config.model.stride
+        x = self.normalize(image)
+        if d.predict_mode == "resize":
+            small = resize_image(x, (d.size, d.size))
+            x0 = sample_x0(self.net, self.schedule, small, keys, opts)
+            return resize_image(x0, (H, W))
+        if d.predict_mode == "tile" and (H > d.size or W > d.size):
+            return torch.stack([self._tiled(x[b : b + 1], keys[b], opts) for b in range(B)])
+        if d.predict_mode not in ("pad", "tile"):
+            raise UserError(f"config data.predict_mode {d.predict_mode!r}: use 'resize', 'tile' or 'pad'")
+        padded, _ = pad_to_stride(x, stride)
+        return sample_x0(self.net, self.schedule, padded, keys, opts)[..., :H, :W]
+
+    def _tiled(self, x: torch.Tensor, key, opts: SamplingOptions, blend: str = "uniform") -> torch.Tensor:
+        """[1, 3, H, W] -> [G, H, W]: windows of the training size, G(I) per window, blended."""
+        d = self.config.data
+        tile = d.size
+        padded, (H, W) = pad_to_stride(x, tile) if min(x.shape[-2:]) < tile else (x, x.shape[-2:])
+        h, w = padded.shape[-2:]
+        starts = windows(h, w, tile, d.tile_stride or tile)
+        crops = torch.cat([padded[..., y : y + tile, xx : xx + tile] for y, xx in starts])
+        wkeys = [(*(key if isinstance(key, tuple) else (key,)), "window", i) for i in range(len(starts))]
+        x0 = sample_x0(self.net, self.schedule, crops, wkeys, opts)  # [n, G, tile, tile]
+        return stitch(x0, starts, h, w, blend_weight(tile, blend))[..., :H, :W]
+
+    def predict(self, image, generations: int | None = None, steps: int | None = None, sampler: str | None = None,
+                seed: int = 0, keys: list | None = None, return_samples: bool = False, **options) -> Prediction:
+        """Multiple generations (paper 4.1) -> Prediction with tensors on the CPU.
+
+        image: [H, W, 3] array or [3, H, W] / [B, 3, H, W] tensor in [0, 1]. Defaults come from the
+        config's `predict` section; `options` override other SamplingOptions fields.
+        """
+        opts = self.sampling_options(generations=generations, steps=steps, sampler=sampler, seed=seed, **options)
+        s = summarise(self.predict_x0(image, keys, opts))
+        return Prediction(
+            s["mask"].cpu(), s["prob"].cpu(), s["uncertainty"].cpu(), s["samples"].cpu() if return_samples else None
+        )
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write config.json and model.safetensors (the weights this object predicts with)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory / "config.json")
+        write_files({directory / "model.safetensors": (state_dict_cpu(self.net), {"format": "segdiff"})})
+
+    @classmethod
+    def load(cls, directory: str | Path, weights: str = "best", device: torch.device | str | None = None) -> SegDiff:
+        """Load a run folder. weights: "best" (best on validation; falls back to ema, then raw), "ema", "raw"."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory}: run folder not found")
+        if weights not in WEIGHT_FILES:
+            raise UserError(f"weights={weights!r}: choose one of {', '.join(WEIGHT_FILES)}")
+        model = cls(RunConfig.load(directory / "config.json"), device)
+        order = {"best": ["best", "ema", "raw"], "ema": ["ema"], "raw": ["raw"]}[weights]
+        for name in order:
+            path = directory / WEIGHT_FILES[name]
+            if path.is_file():
+                state, _ = read_weights(path)
+                load_into(model.net, state, path)
+                model.weights_file = path
+                return model
+        raise CheckpointError(f"{directory}: no weights ({', '.join(WEIGHT_FILES[n] for n in order)}) in this run folder")

@@ -1,0 +1,154 @@
+"""Training data: the split of a data root, loading into memory, and step-keyed batches.
+
+Every per-sample draw (which image, augmentation, timestep, noise) comes from a generator keyed by
+(seed, step, global sample index): rank r of R processes computes indices r*B/R .. (r+1)*B/R - 1 of
+the global batch of a step and gets exactly what a single process would.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import rng
+from ..config import DataConfig
+from ..errors import DataError
+from .folder import Sample, pair_split
+from .io import read_image, read_mask
+from .transforms import augment, resize_image, resize_mask
+
+
+@dataclass
+class Splits:
+    train: list[Sample]
+    val: list[Sample]
+    val_source: str  # "val folder" or "held out of train (seed S, fraction F)"
+
+    def to_json(self) -> dict:
+        return {
+            "val_source": self.val_source,
+            "train": [s.stem for s in self.train],
+            "val": [s.stem for s in self.val],
+        }
+
+
+def make_splits(root: Path, val_fraction: float, seed: int) -> Splits:
+    """ROOT/train and ROOT/val, or a seeded fraction of ROOT/train held out when ROOT/val is absent."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    if not (root / "train").is_dir():
+        raise DataError(f"{root}: no train/ folder; expected ROOT/train/images and ROOT/train/masks")
+    train = pair_split(root / "train")
+    if (root / "val").is_dir():
+        return Splits(train, pair_split(root / "val"), "val folder")
+    if len(train) < 2 or val_fraction <= 0:
+        return Splits(train, [], "none")
+    n_val = min(len(train) - 1, max(1, round(val_fraction * len(train))))
+    perm = torch.randperm(len(train), generator=rng.generator(seed, "val-split")).tolist()
+    val_idx = set(perm[:n_val])
+    return Splits(
+        [s for i, s in enumerate(train) if i not in val_idx],
+        [s for i, s in enumerate(train) if i in val_idx],
+        f"held out of train (seed {seed}, fraction {val_fraction})",
+    )
+
+
+def load_pair(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> image [3, H, W] float32 in [0, 1], mask [1, H, W] float32 0/1; sizes must agree."""
+    image = read_image(sample.image)
+    mask = read_mask(sample.mask)
+    if image.shape[:2] != mask.shape:
+        raise DataError(
+            f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {sample.image.name} is "
+            f"{image.shape[1]}x{image.shape[0]} (width x height); they must have the same size"
+        )
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask)[None].float()
+
+
+def channel_stats(images: list[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation over all pixels of all images."""
+    total = sum(im[0].numel() for im in images)
+    s = sum(im.double().sum(dim=(1, 2)) for im in images)
+    s2 = sum((im.double() ** 2).sum(dim=(1, 2)) for im in images)
+    mean = s / total
+    std = (s2 / total - mean**2).clamp(min=1e-12).sqrt().clamp(min=1e-3)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+class TrainBatches:
+    """Training pairs held in memory (uint8 images) and the step-keyed batch of any step."""
+
+    def __init__(self, samples: list[Sample], cfg: DataConfig, T: int, seed: int):
+        if not samples:
+            raise DataError("no training images")
+        self.cfg, self.T, self.seed = cfg, T, seed
+        self.out_hw = (cfg.augment.crop or cfg.size,) * 2
+        self.images, self.masks = [], []
+        for s in samples:
+            image, mask = load_pair(s)
+            if cfg.augment.crop is None and tuple(image.shape[1:]) != (cfg.size, cfg.size):
+                # no crop in this preset: train at the preset's size, as predict resizes to it
+                image = resize_image(image[None], (cfg.size, cfg.size))[0]
+                mask = resize_mask(mask[None], (cfg.size, cfg.size))[0]
+            if cfg.augment.crop and min(image.shape[1:]) < cfg.augment.crop:
+                raise DataError(
+                    f"{s.image}: image is {image.shape[2]}x{image.shape[1]}, smaller than the training "
+                    f"crop {cfg.augment.crop}; use larger images or another preset"
+                )
+            self.images.append((image * 255).round().to(torch.uint8))
+            self.masks.append(mask.to(torch.uint8))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def float_images(self) -> list[torch.Tensor]:
+        return [im.float() / 255 for im in self.images]
+
+    def index(self, gidx: int) -> int:
+        """Dataset index of global sample gidx: a seeded permutation per epoch (each image once per epoch)."""
+        n = len(self.images)
+        epoch, pos = divmod(gidx, n)
+        perm = torch.randperm(n, generator=rng.generator(self.seed, "epoch", epoch))
+        return int(perm[pos])
+
+    def sample(self, step: int, gidx: int, batch_size: int):
+        """-> image [3, h, w] in [0, 1], x0 [1, h, w] in {-1, 1}, t (int), eps [1, h, w]."""
+        g = rng.generator(self.seed, step, gidx)
+        i = self.index(step * batch_size + gidx)
+        image, mask = augment(self.images[i].float() / 255, self.masks[i].float(), self.cfg.augment, self.out_hw, g)
+        t = int(torch.randint(self.T, (), generator=g))
+        eps = torch.randn((1, *self.out_hw), generator=g)
+        return image, mask * 2 - 1, t, eps
+
+    def batch(self, step: int, batch_size: int, start: int = 0, stop: int | None = None):
+        """Global-batch indices start..stop-1 of `step` -> image [n,3,h,w], x0 [n,1,h,w], t [n], eps [n,1,h,w]."""
+        items = [self.sample(step, j, batch_size) for j in range(start, batch_size if stop is None else stop)]
+        image, x0, t, eps = zip(*items)
+        return torch.stack(image), torch.stack(x0), torch.tensor(t), torch.stack(eps)
+
+
+class StepDataset(torch.utils.data.Dataset):
+    """Item k is the batch of step first_step + k (this rank's share), for a DataLoader with workers."""
+
+    def __init__(self, batches: TrainBatches, first_step: int, last_step: int, batch_size: int, start: int, stop: int):
+        self.b, self.first, self.n = batches, first_step, max(0, last_step - first_step)
+        self.batch_size, self.start, self.stop = batch_size, start, stop
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, k: int):
+        return self.b.batch(self.first + k, self.batch_size, self.start, self.stop)
+
+
+def write_split(path: Path, splits: Splits) -> None:
+    from ..train.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(splits.to_json(), indent=2) + "\n")
+
+

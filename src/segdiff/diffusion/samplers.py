@@ -1,0 +1,125 @@
+"""Samplers with one signature: (eps_fn, x_T, schedule, noise, ...) -> x0.
+
+`eps_fn(x_t, t)` is the conditioned noise predictor with the image already bound (G(I) computed once);
+`t` holds the ORIGINAL timestep indices, also on respaced chains. `schedule` is the (respaced) chain to
+walk. `noise.randn(shape, device)` draws the per-step noise (see segdiff.rng.GenerationNoise).
+All schedule values are precomputed as device tensors before the loop: no host synchronisation per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .schedule import Schedule
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _dev(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return values.to(device=x.device, dtype=torch.float32)
+
+
+def _x0(x: torch.Tensor, eps: torch.Tensor, sqrt_recip_ab, sqrt_recipm1_ab, clip: bool) -> torch.Tensor:
+    x0 = sqrt_recip_ab * x - sqrt_recipm1_ab * eps
+    return x0.clamp(-1.0, 1.0) if clip else x0
+
+
+def ddpm(
+    eps_fn: EpsFn, x_T: torch.Tensor, sched: Schedule, noise, variance: str = "large", clip_x0: bool = True
+) -> torch.Tensor:
+    """Ancestral sampling, Algorithm 1 (eq. 16), on the given chain; sigma_t^2 = beta_t ("large") or
+    beta-tilde_t ("small", eq. 13). Written through x0 and mu-tilde (eq. 9), which equals eq. 16 when
+    clip_x0 is False; with clipping (the authors' code) x0 is kept in [-1, 1] at every step.
+    On a respaced chain this is improved-diffusion's respaced DDPM.
+    """
+    ab = sched.alpha_bar
+    sr, srm1 = _dev(ab.rsqrt(), x_T), _dev((1.0 / ab - 1.0).sqrt(), x_T)
+    c0, ct = _dev(sched.coef_x0, x_T), _dev(sched.coef_xt, x_T)
+    sigma = _dev(sched.variance(variance).sqrt(), x_T)
+    ts = sched.timesteps.to(x_T.device)
+    x, n = x_T, x_T.shape[0]
+    for i in reversed(range(len(sched))):
+        eps = eps_fn(x, ts[i].expand(n)).float()
+        x0 = _x0(x, eps, sr[i], srm1[i], clip_x0)
+        x = c0[i] * x0 + ct[i] * x
+        if i > 0:  # Algorithm 1: no noise at the last step
+            x = x + sigma[i] * noise.randn(x.shape[1:], x.device)
+    return x
+
+
+def ddim(
+    eps_fn: EpsFn, x_T: torch.Tensor, sched: Schedule, noise, eta: float = 0.0, clip_x0: bool = True
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12) with stochasticity eta; eta = 0 is deterministic given x_T."""
+    ab, abp = sched.alpha_bar, sched.alpha_bar_prev
+    sr, srm1 = _dev(ab.rsqrt(), x_T), _dev((1.0 / ab - 1.0).sqrt(), x_T)
+    sigma64 = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).clamp(min=0).sqrt()
+    sigma = _dev(sigma64, x_T)
+    c_x0 = _dev(abp.sqrt(), x_T)
+    c_eps = _dev((1 - abp - sigma64**2).clamp(min=0).sqrt(), x_T)
+    ts = sched.timesteps.to(x_T.device)
+    x, n = x_T, x_T.shape[0]
+    for i in reversed(range(len(sched))):
+        eps = eps_fn(x, ts[i].expand(n)).float()
+        x0 = _x0(x, eps, sr[i], srm1[i], clip_x0)
+        if clip_x0:  # keep eps consistent with the clipped x0
+            eps = (sr[i] * x - x0) / srm1[i]
+        x = c_x0[i] * x0 + c_eps[i] * eps
+        if eta > 0 and i > 0:
+            x = x + sigma[i] * noise.randn(x.shape[1:], x.device)
+    return x
+
+
+def dpm_solver_pp(eps_fn: EpsFn, x_T: torch.Tensor, sched: Schedule, noise, clip_x0: bool = True) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), deterministic, on the chain's timesteps, ending with x0.
+
+    lambda_t = log(sqrt(alpha_bar_t) / sqrt(1 - alpha_bar_t)); multistep second order with data prediction.
+    """
+    ab = sched.alpha_bar
+    sr, srm1 = _dev(ab.rsqrt(), x_T), _dev((1.0 / ab - 1.0).sqrt(), x_T)
+    lam = 0.5 * (ab.log() - (1 - ab).log())
+    alpha, sig = ab.sqrt(), (1 - ab).sqrt()
+    ts = sched.timesteps.to(x_T.device)
+    x, n = x_T, x_T.shape[0]
+    x0_prev, h_prev = None, None
+    for i in reversed(range(len(sched))):
+        eps = eps_fn(x, ts[i].expand(n)).float()
+        x0 = _x0(x, eps, sr[i], srm1[i], clip_x0)
+        if i == 0:
+            return x0
+        h = float(lam[i - 1] - lam[i])
+        if x0_prev is None:
+            d = x0
+        else:
+            r = h_prev / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+        x = float(sig[i - 1] / sig[i]) * x - float(alpha[i - 1] * torch.expm1(torch.tensor(-h, dtype=torch.float64))) * d
+        x0_prev, h_prev = x0, h
+    return x
+
+
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+
+
+def sample(
+    name: str,
+    eps_fn: EpsFn,
+    x_T: torch.Tensor,
+    sched: Schedule,
+    noise,
+    steps: int | None = None,
+    variance: str = "large",
+    eta: float = 0.0,
+    clip_x0: bool = True,
+) -> torch.Tensor:
+    """Run sampler `name` on `steps` evenly respaced timesteps of `sched` (None = all T)."""
+    chain = sched.respace(steps or len(sched))
+    if name == "ddpm":
+        return ddpm(eps_fn, x_T, chain, noise, variance, clip_x0)
+    if name == "ddim":
+        return ddim(eps_fn, x_T, chain, noise, eta, clip_x0)
+    if name == "dpm++":
+        return dpm_solver_pp(eps_fn, x_T, chain, noise, clip_x0)
+    raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")

@@ -1,0 +1,94 @@
+"""Noise schedules (paper eq. 3, 10, 14) in float64, and respacing to a subset of K timesteps.
+
+Index convention: arrays are indexed 0..T-1 for the paper's t = 1..T, and the network is given the
+index (as in improved-diffusion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def linear_betas(T: int, kind: str = "scaled") -> np.ndarray:
+    """Linear betas of length T.
+
+    "paper": eq. 14, beta from 1e-4 to 2e-2 whatever T is.  At T = 100, alpha_bar_T ~ 0.36, so x_T still
+        carries sqrt(alpha_bar_T) ~ 0.60 of the mask while sampling starts from pure noise.
+    "scaled": the authors' code (improved-diffusion's get_named_beta_schedule("linear")), the same line
+        scaled by 1000 / T: 1e-3 to 0.2 at T = 100, sqrt(alpha_bar_T) ~ 0.0045.
+    """
+    if T < 1:
+        raise ValueError(f"diffusion steps must be >= 1, got {T}")
+    if kind == "paper":
+        lo, hi = 1e-4, 2e-2
+    elif kind == "scaled":
+        scale = 1000.0 / T
+        lo, hi = scale * 1e-4, scale * 2e-2
+    else:
+        raise ValueError(f"schedule must be 'scaled' or 'paper', got {kind!r}")
+    if T == 1:
+        return np.array([hi], dtype=np.float64)
+    return np.linspace(lo, hi, T, dtype=np.float64)
+
+
+@dataclass
+class Schedule:
+    """Precomputed float64 schedule tensors for a (possibly respaced) chain of K steps.
+
+    `timesteps[i]` is the original timestep index (0..T-1) that step i of this chain corresponds to;
+    for the full chain it is arange(T).
+    """
+
+    betas: torch.Tensor  # [K]
+    timesteps: torch.Tensor  # [K] int64
+
+    def __post_init__(self):
+        b = self.betas.double()
+        self.alphas = 1.0 - b
+        self.alpha_bar = torch.cumprod(self.alphas, 0)
+        self.alpha_bar_prev = torch.cat([b.new_ones(1), self.alpha_bar[:-1]])
+        # beta-tilde_t (eq. 10); its first entry is 0
+        self.posterior_variance = b * (1.0 - self.alpha_bar_prev) / (1.0 - self.alpha_bar)
+        # mu-tilde (eq. 9) = coef_x0 * x0 + coef_xt * x_t
+        self.coef_x0 = b * self.alpha_bar_prev.sqrt() / (1.0 - self.alpha_bar)
+        self.coef_xt = (1.0 - self.alpha_bar_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bar)
+
+    def __len__(self) -> int:
+        return len(self.betas)
+
+    def variance(self, kind: str) -> torch.Tensor:
+        """Reverse-process variance sigma_t^2: "small" = beta-tilde_t (eq. 13); "large" = beta_t.
+
+        "large" uses beta-tilde at the first step, as improved-diffusion does (the noise added at the
+        last step is not used by the x0 it returns anyway).
+        """
+        if kind == "small":
+            return self.posterior_variance
+        if kind == "large":
+            if len(self) == 1:
+                return self.betas.double()
+            return torch.cat([self.posterior_variance[1:2], self.betas.double()[1:]])
+        raise ValueError(f"variance must be 'large' or 'small', got {kind!r}")
+
+    def respace(self, K: int) -> Schedule:
+        """The DDPM chain on K evenly spaced timesteps of this one (improved-diffusion's respacing).
+
+        betas are recomputed so that the subset's alpha_bar equals the original's at the kept steps:
+        beta'_i = 1 - alpha_bar[s_i] / alpha_bar[s_{i-1}]. K = T returns the chain unchanged.
+        """
+        T = len(self)
+        if not 1 <= K <= T:
+            raise ValueError(f"steps must be between 1 and T={T}, got {K}")
+        if K == T:
+            return self
+        keep = np.round(np.linspace(0, T - 1, K)).astype(np.int64) if K > 1 else np.array([T - 1])
+        ab = self.alpha_bar[torch.from_numpy(keep)]
+        prev = torch.cat([ab.new_ones(1), ab[:-1]])
+        return Schedule(1.0 - ab / prev, self.timesteps[torch.from_numpy(keep)])
+
+
+def make_schedule(T: int = 100, kind: str = "scaled") -> Schedule:
+    return Schedule(torch.from_numpy(linear_betas(T, kind)), torch.arange(T))

@@ -1,0 +1,65 @@
+"""The `segdiff evaluate` subcommand; the top-level CLI registers it with `add_parser(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .evaluate import evaluate_dirs, format_table
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register `evaluate` on the top-level parser's subparsers; returns the new parser."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score predicted masks (and probability maps) against ground-truth masks",
+        description=(
+            "Score predicted masks against ground truth: per-image mean IoU and F1 (the paper's mIoU and "
+            "F1/Dice), pooled IoU and F1, WCov, weighted coverage, BoundF (1-5 px) and, with probability "
+            "maps, the paper's calibration score and ECE. Files pair by stem. See docs/metrics.md."
+        ),
+    )
+    p.add_argument(
+        "--pred",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder of predicted masks, or a `segdiff predict` output folder (uses DIR/masks "
+        "and, if present, DIR/prob)",
+    )
+    p.add_argument(
+        "--gt",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder of ground-truth masks, or a split folder with a masks/ subfolder (ROOT/test)",
+    )
+    p.add_argument(
+        "--prob",
+        type=Path,
+        metavar="DIR",
+        help="folder of probability maps <stem>.tif/.npy/.png (default: PRED/prob if present)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the summary here (e.g. results/summary.json), with <stem>_per_image.csv and "
+        "<stem>_reliability.png beside it",
+    )
+    p.add_argument(
+        "--paper-compat",
+        action="store_true",
+        help="score empty masks as the authors' code does (both empty: IoU = F1 = WCov = 0)",
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate, print the table, return the exit status (0). UserError propagates to the top-level CLI."""
+    summary = evaluate_dirs(
+        pred=args.pred, gt=args.gt, prob=args.prob, out=args.out, paper_compat=args.paper_compat
+    )
+    print(format_table(summary))
+    return 0

@@ -1,0 +1,313 @@
+"""`segdiff evaluate`: score a folder of predicted masks (and probability maps) against ground truth.
+
+Folders accepted:
+  pred  a folder of mask files, or a `segdiff predict` output folder PRED/{masks,prob}/ (PRED/masks is used
+        when it exists, and PRED/prob when no probability folder is given);
+  gt    a folder of mask files, or a data split folder ROOT/<split>/ with a masks/ subfolder;
+  prob  probability maps <stem>.tif/.tiff (float in [0, 1]; integer TIFFs are scaled by their dtype's
+        maximum), else <stem>.npy, else <stem>.png (8-bit, /255), in that order of preference.
+Files pair by stem; an unpaired file or a size mismatch is a DataError naming the file(s).
+
+Images are read and scored one at a time; only per-image rows (a few numbers each) and the calibration
+bin sums are kept, so the dataset never sits in memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from ..data.folder import list_files
+from ..data.io import MASK_EXTS, read_image, read_mask, to_unit_float
+from ..errors import DataError, UserError
+from .boundary import TOLERANCES_PX, boundary_f_per_tolerance
+from .calibration import CalibrationAccumulator
+from .overlap import Confusion, confusion, f1_from_confusion, f1_pooled, iou_from_confusion, iou_pooled
+from .wcov import wcov_paper, weighted_coverage
+
+# Lower rank wins when one stem has several probability files (predict writes <stem>.tif and <stem>.png).
+_PROB_RANK = {".tif": 0, ".tiff": 0, ".npy": 1, ".png": 2}
+# Float probability maps a hair outside [0, 1] (interpolation, float32 sums) are clipped, not refused.
+_PROB_SLACK = 1e-4
+
+POLICY = {
+    "default": (
+        "both masks empty: IoU = F1 = WCov = weighted coverage = 1; one empty: 0. "
+        "BoundF follows DAVIS: both boundaries empty: F = 1; one empty: F = 0."
+    ),
+    "paper_compat": (
+        "as the authors' code: both masks empty: IoU = F1 = 0 (sklearn zero_division), WCov = 0 (their "
+        "WCov_metric divides by zero there; each such image is listed in warnings); weighted coverage 1; "
+        "one empty: 0. BoundF follows DAVIS as in default mode."
+    ),
+}
+
+
+def resolve_pred(pred: Path, prob: Path | None = None) -> tuple[Path, Path | None]:
+    """(mask folder, probability folder or None) for a mask folder or a `segdiff predict` output."""
+    pred = Path(pred)
+    if not pred.is_dir():
+        raise DataError(f"{pred}: prediction folder not found")
+    mask_dir = pred / "masks" if (pred / "masks").is_dir() else pred
+    if prob is None and (pred / "prob").is_dir():
+        prob = pred / "prob"
+    return mask_dir, None if prob is None else Path(prob)
+
+
+def resolve_gt(gt: Path) -> Path:
+    """The ground-truth mask folder: GT/masks for a data split folder, else GT itself."""
+    gt = Path(gt)
+    return gt / "masks" if (gt / "masks").is_dir() else gt
+
+
+def list_prob_files(folder: Path) -> dict[str, Path]:
+    """Map stem -> probability map, preferring .tif/.tiff over .npy over .png for the same stem."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: probability folder not found")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        rank = _PROB_RANK.get(p.suffix.lower())
+        if rank is None or not p.is_file() or p.name.startswith("."):
+            continue
+        old = found.get(p.stem)
+        if old is not None and _PROB_RANK[old.suffix.lower()] == rank:
+            raise DataError(f"{p}: two probability maps share the stem '{p.stem}' ({old.name})")
+        if old is None or rank < _PROB_RANK[old.suffix.lower()]:
+            found[p.stem] = p
+    if not found:
+        raise DataError(f"{folder}: no probability maps ({', '.join(_PROB_RANK)}) in this folder")
+    return found
+
+
+def read_prob(path: Path) -> np.ndarray:
+    """Read a foreground probability map as float32 [H, W] in [0, 1]; errors name the file."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext == ".png":
+        rgb = read_image(path)  # 8- or 16-bit, scaled to [0, 1]; gray is replicated to 3 channels
+        if not (rgb == rgb[..., :1]).all():
+            raise DataError(f"{path}: probability map has channels that differ; save it single-channel")
+        return rgb[..., 0]
+    try:
+        arr = np.load(path, allow_pickle=False) if ext == ".npy" else tifffile.imread(str(path))
+    except Exception as exc:  # numpy and tifffile raise many types for a corrupt file
+        raise DataError(f"{path}: cannot read probability map ({type(exc).__name__}: {exc})") from None
+    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+        arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
+    if arr.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D probability map [H, W], got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: probability map holds NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -_PROB_SLACK or hi > 1 + _PROB_SLACK:
+            raise DataError(f"{path}: probabilities must lie in [0, 1], found values in [{lo:g}, {hi:g}]")
+        return np.clip(arr, 0.0, 1.0).astype(np.float32)
+    return to_unit_float(arr, path)  # bool or integer: scaled by the dtype's maximum
+
+
+def _check_paired(files: dict[str, Path], other: dict[str, Path], other_what: str, other_dir: Path) -> None:
+    unpaired = sorted(set(files) - set(other))
+    if unpaired:
+        more = f" ({len(unpaired)} files unpaired)" if len(unpaired) > 1 else ""
+        raise DataError(
+            f"{files[unpaired[0]]}: no {other_what} with stem '{unpaired[0]}' in {other_dir}{more}"
+        )
+
+
+def _check_size(a: np.ndarray, a_path: Path, b: np.ndarray, b_path: Path) -> None:
+    if a.shape != b.shape:
+        raise DataError(
+            f"{a_path}: size {a.shape[1]}x{a.shape[0]} differs from {b_path} ({b.shape[1]}x{b.shape[0]})"
+        )
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _stems(stems: list[str], limit: int = 5) -> str:
+    return ", ".join(stems[:limit]) + (f", ... ({len(stems)} in all)" if len(stems) > limit else "")
+
+
+def output_paths(out: Path) -> dict[str, Path]:
+    """summary.json path -> {summary, per_image_csv, reliability_png}, the latter two beside it."""
+    return {
+        "summary": out,
+        "per_image_csv": out.with_name(f"{out.stem}_per_image.csv"),
+        "reliability_png": out.with_name(f"{out.stem}_reliability.png"),
+    }
+
+
+def evaluate_dirs(
+    pred: Path,
+    gt: Path,
+    prob: Path | None = None,
+    out: Path | None = None,
+    paper_compat: bool = False,
+    reliability_png: bool = True,
+) -> dict:
+    """Score every predicted mask against its ground truth; return (and with `out`, write) the summary.
+
+    Metric values are fractions in [0, 1]. With `out` (a file path such as results/summary.json) also
+    writes <out stem>_per_image.csv and, with probabilities and `reliability_png`, <out stem>_reliability.png
+    beside it; summary.json is written last, each file atomically.
+    """
+    mask_dir, prob_dir = resolve_pred(pred, None if prob is None else Path(prob))
+    gt_dir = resolve_gt(gt)
+    if out is not None:
+        out = Path(out)
+        if out.is_dir() or out.suffix.lower() != ".json":
+            raise UserError(f"{out}: --out must be a .json file path such as results/summary.json")
+    pred_files = list_files(mask_dir, MASK_EXTS, "predicted mask")
+    gt_files = list_files(gt_dir, MASK_EXTS, "ground-truth mask")
+    _check_paired(pred_files, gt_files, "ground-truth mask", gt_dir)
+    _check_paired(gt_files, pred_files, "predicted mask", mask_dir)
+    prob_files = None
+    if prob_dir is not None:
+        prob_files = list_prob_files(prob_dir)
+        _check_paired(prob_files, gt_files, "ground-truth mask", gt_dir)
+        _check_paired(gt_files, prob_files, "probability map", prob_dir)
+
+    rows: list[dict] = []
+    confusions: list[Confusion] = []
+    calib = CalibrationAccumulator() if prob_files is not None else None
+    for stem in sorted(gt_files):
+        g, p = read_mask(gt_files[stem]), read_mask(pred_files[stem])
+        _check_size(p, pred_files[stem], g, gt_files[stem])
+        c = confusion(p, g)
+        confusions.append(c)
+        bf = boundary_f_per_tolerance(p, g, TOLERANCES_PX)
+        row = {
+            "stem": stem,
+            "iou": iou_from_confusion(c, paper_compat),
+            "f1": f1_from_confusion(c, paper_compat),
+            "wcov": wcov_paper(p, g, paper_compat),
+            "weighted_coverage": weighted_coverage(p, g),
+            "boundf": float(np.mean(list(bf.values()))),
+            **{f"boundf_{d}px": v for d, v in bf.items()},
+        }
+        if calib is not None:
+            q = read_prob(prob_files[stem])
+            _check_size(q, prob_files[stem], g, gt_files[stem])
+            row["calibration"] = calib.add(q, g)
+        row |= {"gt_pixels": c.tp + c.fn, "pred_pixels": c.tp + c.fp, "tp": c.tp, "fp": c.fp, "fn": c.fn}
+        row |= {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])}
+        rows.append(row)
+
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    gt_empty = [r["stem"] for r in rows if r["gt_pixels"] == 0]
+    pred_empty = [r["stem"] for r in rows if r["pred_pixels"] == 0]
+    both_empty = [r["stem"] for r in rows if r["gt_pixels"] == 0 and r["pred_pixels"] == 0]
+    warnings = []
+    if gt_empty:
+        warnings.append(
+            f"{len(gt_empty)} image(s) have an empty ground-truth mask ({_stems(gt_empty)}); "
+            "they are scored by the empty-mask policy"
+        )
+    if paper_compat and both_empty:
+        warnings.append(
+            f"paper_compat: {len(both_empty)} image(s) have empty prediction and ground truth "
+            f"({_stems(both_empty)}); the authors' WCov_metric divides by zero there, counted as WCov = 0"
+        )
+    mode = "paper_compat" if paper_compat else "default"
+    summary = {
+        "n_images": len(rows),
+        "iou": mean("iou"),
+        "f1": mean("f1"),
+        "iou_pooled": iou_pooled(confusions, paper_compat),
+        "f1_pooled": f1_pooled(confusions, paper_compat),
+        "wcov": mean("wcov"),
+        "weighted_coverage": mean("weighted_coverage"),
+        "boundf": mean("boundf"),
+        "boundf_px": {str(d): mean(f"boundf_{d}px") for d in TOLERANCES_PX},
+        "calibration": calib.summary() if calib is not None else None,
+        "counts": {
+            "images": len(rows),
+            "gt_empty": len(gt_empty),
+            "pred_empty": len(pred_empty),
+            "both_empty": len(both_empty),
+            "gt_pixels": sum(r["gt_pixels"] for r in rows),
+            "pred_pixels": sum(r["pred_pixels"] for r in rows),
+        },
+        "policy": {"mode": mode, "empty_masks": POLICY[mode]},
+        "warnings": warnings,
+        "inputs": {
+            "pred": str(mask_dir),
+            "gt": str(gt_dir),
+            "prob": None if prob_dir is None else str(prob_dir),
+        },
+    }
+    if out is not None:
+        summary["outputs"] = _write_outputs(out, summary, rows, calib if reliability_png else None)
+    return summary
+
+
+def _write_outputs(out: Path, summary: dict, rows: list[dict], calib: CalibrationAccumulator | None) -> dict:
+    paths = output_paths(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+
+    _write_atomic(paths["per_image_csv"], write_csv)
+    written = {"summary": str(out), "per_image_csv": str(paths["per_image_csv"]), "reliability_png": None}
+    if calib is not None:
+        n = summary["n_images"]
+        title = f"Reliability, pooled over {n} image{'s' if n != 1 else ''}"
+        _write_atomic(paths["reliability_png"], lambda tmp: calib.plot_reliability(tmp, title))
+        written["reliability_png"] = str(paths["reliability_png"])
+    # allow_nan=False: a NaN would be a bug in a metric, and JSON has no NaN; fail loudly instead.
+    text = json.dumps({**summary, "outputs": written}, indent=2, allow_nan=False) + "\n"
+    _write_atomic(out, lambda tmp: tmp.write_text(text))
+    return written
+
+
+def format_table(summary: dict) -> str:
+    """The summary as a plain-text table; overlap metrics in percent like the paper's tables."""
+    n = summary["n_images"]
+    lines = [f"{n} image{'s' if n != 1 else ''}, empty-mask policy: {summary['policy']['mode']}"]
+
+    def row(name: str, value: str) -> None:
+        lines.append(f"  {name:<34}{value}")
+
+    row("F1 / Dice, per-image mean", f"{100 * summary['f1']:6.2f} %")
+    row("IoU, per-image mean (paper mIoU)", f"{100 * summary['iou']:6.2f} %")
+    row("WCov (paper: area ratio)", f"{100 * summary['wcov']:6.2f} %")
+    row("Weighted coverage (instances)", f"{100 * summary['weighted_coverage']:6.2f} %")
+    row("BoundF, mean of 1-5 px", f"{100 * summary['boundf']:6.2f} %")
+    row(
+        "  BoundF at " + " / ".join(f"{d}" for d in summary["boundf_px"]) + " px",
+        "".join(f"{100 * v:6.2f}" for v in summary["boundf_px"].values()),
+    )
+    row("F1 / Dice, pooled over pixels", f"{100 * summary['f1_pooled']:6.2f} %")
+    row("IoU, pooled over pixels", f"{100 * summary['iou_pooled']:6.2f} %")
+    cal = summary.get("calibration")
+    if cal:
+        row("Calibration score, mean +- s.e.", f"{cal['mean']:8.5f} +- {cal['stderr']:.5f}  (lower is better)")
+        row("Calibration score, pooled bins", f"{cal['pooled']:8.5f}")
+        row("ECE, pooled bins", f"{cal['ece']:8.5f}")
+    for w in summary.get("warnings", []):
+        lines.append(f"warning: {w}")
+    for name, path in (summary.get("outputs") or {}).items():
+        if path:
+            lines.append(f"wrote {name}: {path}")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""U-Net building blocks of E and D (paper 4.3; improved-diffusion's ResBlock and AttentionBlock)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    """GroupNorm with `groups` groups, or the largest divisor of `channels` below it (narrow test models)."""
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return nn.GroupNorm(g, channels)
+
+
+def zero_module(m: nn.Module) -> nn.Module:
+    for p in m.parameters():
+        nn.init.zeros_(p)
+    return m
+
+
+class ResBlock(nn.Module):
+    """GroupNorm, SiLU, conv; + Linear(SiLU(emb)); GroupNorm, SiLU, dropout, zero-init conv; + skip."""
+
+    def __init__(self, ch: int, emb_dim: int, out_ch: int, dropout: float, groups: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(group_norm(ch, groups), nn.SiLU(), nn.Conv2d(ch, out_ch, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_ch))
+        self.out_layers = nn.Sequential(
+            group_norm(out_ch, groups),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            zero_module(nn.Conv2d(out_ch, out_ch, 3, padding=1)),
+        )
+        self.skip = nn.Identity() if ch == out_ch else nn.Conv2d(ch, out_ch, 1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        return self.skip(x) + self.out_layers(h)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the H*W positions, residual, zero-init projection."""
+
+    def __init__(self, ch: int, num_heads: int, groups: int):
+        super().__init__()
+        if ch % num_heads:
+            raise ValueError(f"attention channels {ch} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.norm = group_norm(ch, groups)
+        self.qkv = nn.Conv1d(ch, 3 * ch, 1)
+        self.proj = zero_module(nn.Conv1d(ch, ch, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        n, c, h, w = x.shape
+        qkv = self.qkv(self.norm(x).reshape(n, c, h * w))  # [N, 3C, L]
+        q, k, v = qkv.reshape(n, 3, self.num_heads, c // self.num_heads, h * w).transpose(-1, -2).unbind(1)
+        out = F.scaled_dot_product_attention(q, k, v)  # [N, heads, L, C/heads]
+        out = out.transpose(-1, -2).reshape(n, c, h * w)
+        return x + self.proj(out).reshape(n, c, h, w)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest x2, then 3x3 conv."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class Sequential(nn.ModuleList):
+    """A list of blocks that each take (x, emb)."""
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, emb)
+        return x

@@ -1,0 +1,1 @@
+"""Prediction with multiple generations (paper 4.1): probability, uncertainty and mask."""

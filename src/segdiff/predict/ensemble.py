@@ -1,0 +1,105 @@
+"""Multiple generations (paper 4.1): G(I) once per image or window, generations batched and chunked.
+
+probability = mean over generations of clamp((x0 + 1) / 2, 0, 1); uncertainty = their per-pixel
+standard deviation; mask = probability >= 0.5.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..diffusion import sample
+from ..diffusion.schedule import Schedule
+from ..rng import GenerationNoise
+
+
+@dataclass
+class SamplingOptions:
+    generations: int = 30
+    steps: int | None = None  # None = T (Algorithm 1)
+    sampler: str = "ddpm"
+    variance: str = "large"
+    eta: float = 0.0
+    clip_x0: bool = True
+    batch_generations: int = 30  # generations x windows per network batch (memory)
+    seed: int = 0
+    amp: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16", "fp32"
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "auto":
+        amp = "bf16" if device.type == "cuda" else "fp32"
+    if amp == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def noise_keys(image_keys: list, generations: int, seed: int) -> list[list[tuple]]:
+    """The key of generation k of image/window j: (seed, image key, k)."""
+    return [[(seed, *(key if isinstance(key, tuple) else (key,)), k) for k in range(generations)] for key in image_keys]
+
+
+@torch.no_grad()
+def sample_x0(
+    net, sched: Schedule, image: torch.Tensor, keys: list, opts: SamplingOptions
+) -> torch.Tensor:
+    """x0 of every generation for a batch of normalised images.
+
+    image: [B, 3, H, W] (H, W multiples of the network stride); keys: one key per image (an int, a str or
+    a tuple) from which the noise of its generations is drawn. Returns [B, G, H, W] in x0 space.
+    The network batch holds b images x g generations with b * g <= batch_generations.
+    """
+    B, _, H, W = image.shape
+    G = opts.generations
+    device = image.device
+    with autocast(device, opts.amp):
+        cond = net.encode_image(image)  # once per image, reused by every step and generation
+    out = torch.empty(B, G, H, W, device=device)
+    all_keys = noise_keys(keys, G, opts.seed)
+    for b0, b1, g0, g1 in _chunks(B, G, max(1, opts.batch_generations)):
+        noise = GenerationNoise.for_keys([k for keys_b in all_keys[b0:b1] for k in keys_b[g0:g1]], device)
+        x_T = noise.randn((1, H, W), device)
+        c = cond[b0:b1]  # broadcast over the g1 - g0 generations of each image, no copy
+
+        def eps_fn(x, t, c=c):
+            with autocast(device, opts.amp):
+                return net(x, t, c)
+
+        x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, opts.steps, opts.variance, opts.eta, opts.clip_x0)
+        out[b0:b1, g0:g1] = x0.view(b1 - b0, g1 - g0, H, W)
+    return out
+
+
+def _chunks(B: int, G: int, per_batch: int):
+    """Network batches of images x generations: generations of one image split when G > per_batch,
+    otherwise as many whole images as fit."""
+    if G >= per_batch:
+        for b in range(B):
+            for g0 in range(0, G, per_batch):
+                yield b, b + 1, g0, min(G, g0 + per_batch)
+    else:
+        step = per_batch // G
+        for b0 in range(0, B, step):
+            yield b0, min(B, b0 + step), 0, G
+
+
+def summarise(x0: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[..., G, H, W] generations in x0 space -> probability, uncertainty, mask [..., H, W]."""
+    p = ((x0.float() + 1) / 2).clamp(0, 1)
+    prob = p.mean(dim=-3)
+    return {"prob": prob, "uncertainty": p.std(dim=-3, unbiased=False), "mask": prob >= 0.5, "samples": p}
+
+
+def pad_to_stride(image: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad [B, C, H, W] at the bottom and right to multiples of stride; returns the original (H, W)."""
+    h, w = image.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        image = F.pad(image, (0, pw, 0, ph), mode=mode)
+    return image, (h, w)

@@ -1,0 +1,88 @@
+"""`segdiff predict`: a file or folder of images -> per-image mask, probability and uncertainty maps.
+
+Images of the same size are batched; a folder can be split across processes or machines with
+num_parts / part_id (or under torchrun, one part per rank), and images already written are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..api import SegDiff
+from ..data.folder import list_images
+from ..data.io import read_image
+from .export import is_done, write_prediction
+
+
+def part_of(paths: list[Path], num_parts: int, part_id: int) -> list[Path]:
+    """Deterministic split of a sorted list: part i gets items i, i + P, i + 2P, ..."""
+    return sorted(paths)[part_id::num_parts]
+
+
+def predict_folder(
+    model: SegDiff,
+    inputs: str | Path,
+    out: str | Path,
+    batch_images: int = 4,
+    save_generations: bool = False,
+    num_parts: int | None = None,
+    part_id: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    **options,
+) -> dict:
+    out = Path(out)
+    paths = list_images(Path(inputs))
+    if num_parts is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        num_parts, part_id = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    num_parts, part_id = num_parts or 1, part_id or 0
+    if not 0 <= part_id < num_parts:
+        from ..errors import UserError
+
+        raise UserError(f"--part-id {part_id}: must be between 0 and --num-parts - 1 = {num_parts - 1}")
+    mine = part_of(paths, num_parts, part_id)
+    todo = [p for p in mine if overwrite or not is_done(out, p.stem)]
+    opts = model.sampling_options(**options)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    groups: dict[tuple[int, int], list[tuple[Path, torch.Tensor]]] = {}
+    bar = tqdm(total=len(todo), disable=not progress, desc="predict", unit="img")
+
+    def flush(items):
+        batch = torch.stack([im for _, im in items])
+        # the noise of an image is keyed by its stem: the same image gets the same result in any batch or part
+        pred = model.predict(batch, keys=[p.stem for p, _ in items], return_samples=save_generations, **vars(opts))
+        for j, (p, _) in enumerate(items):
+            write_prediction(
+                out, p.stem, pred.mask[j].numpy(), pred.prob[j].numpy(), pred.uncertainty[j].numpy(),
+                pred.samples[j].numpy() if save_generations else None,
+            )
+        bar.update(len(items))
+
+    for p in todo:
+        image = torch.from_numpy(read_image(p)).permute(2, 0, 1)
+        key = tuple(image.shape[1:])
+        groups.setdefault(key, []).append((p, image))
+        if len(groups[key]) >= batch_images:
+            flush(groups.pop(key))
+    for items in groups.values():
+        flush(items)
+    bar.close()
+    seconds = time.time() - t0
+    summary = {
+        "images": len(mine), "predicted": len(todo), "skipped": len(mine) - len(todo),
+        "part": [part_id, num_parts], "seconds": seconds,
+        "seconds_per_image": seconds / max(len(todo), 1), "device": str(model.device),
+        "weights": str(getattr(model, "weights_file", "")), "protocol": asdict(opts),
+        "predict_mode": model.config.data.predict_mode, "size": model.config.data.size,
+    }
+    name = "predict.json" if num_parts == 1 else f"predict.part{part_id}of{num_parts}.json"
+    (out / name).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
