@@ -15,7 +15,7 @@ from segdiff.errors import DataError, UserError
 from segdiff.metrics import cli
 from segdiff.metrics.boundary import boundf
 from segdiff.metrics.calibration import CalibrationAccumulator
-from segdiff.metrics.evaluate import evaluate_dirs, format_table, read_prob
+from segdiff.metrics.evaluate import evaluate_dirs, format_table, read_prob, score_pair, summarize
 from segdiff.metrics.overlap import f1, iou
 from segdiff.metrics.wcov import wcov_paper, weighted_coverage
 
@@ -213,3 +213,14 @@ def test_cli_evaluate(folders, tmp_path, capsys):
     assert json.loads(out.read_text())["n_images"] == 3
     args = parser.parse_args(["evaluate", "--pred", str(pred_dir), "--gt", str(split), "--paper-compat"])
     assert args.paper_compat and args.prob is None
+
+
+def test_summarize_in_memory_rows_matches_evaluate_dirs(folders):
+    split, pred_dir, cases = folders
+    rows = [{"stem": stem, **score_pair(p, g)} for stem, (p, g, _) in cases.items()]
+    s = summarize(rows)
+    ref = evaluate_dirs(pred_dir / "masks", split)
+    for key in ("iou", "f1", "iou_pooled", "f1_pooled", "wcov", "weighted_coverage", "boundf", "counts"):
+        assert s[key] == pytest.approx(ref[key]), key
+    with pytest.raises(ValueError, match="no images"):
+        summarize([])

@@ -18,7 +18,8 @@ def linear_betas(T: int, kind: str = "scaled") -> np.ndarray:
     "paper": eq. 14, beta from 1e-4 to 2e-2 whatever T is.  At T = 100, alpha_bar_T ~ 0.36, so x_T still
         carries sqrt(alpha_bar_T) ~ 0.60 of the mask while sampling starts from pure noise.
     "scaled": the authors' code (improved-diffusion's get_named_beta_schedule("linear")), the same line
-        scaled by 1000 / T: 1e-3 to 0.2 at T = 100, sqrt(alpha_bar_T) ~ 0.0045.
+        scaled by 1000 / T: 1e-3 to 0.2 at T = 100, sqrt(alpha_bar_T) ~ 0.0045. Betas are capped at 0.999
+        (this only matters below T = 50, e.g. in small test models).
     """
     if T < 1:
         raise ValueError(f"diffusion steps must be >= 1, got {T}")
@@ -29,9 +30,9 @@ def linear_betas(T: int, kind: str = "scaled") -> np.ndarray:
         lo, hi = scale * 1e-4, scale * 2e-2
     else:
         raise ValueError(f"schedule must be 'scaled' or 'paper', got {kind!r}")
-    if T == 1:
-        return np.array([hi], dtype=np.float64)
-    return np.linspace(lo, hi, T, dtype=np.float64)
+    betas = np.array([hi], dtype=np.float64) if T == 1 else np.linspace(lo, hi, T, dtype=np.float64)
+    # below T = 50 the scaled line passes 1 (alpha_t <= 0); cap it as improved-diffusion caps its cosine betas
+    return np.minimum(betas, 0.999)
 
 
 @dataclass
@@ -87,7 +88,8 @@ class Schedule:
         keep = np.round(np.linspace(0, T - 1, K)).astype(np.int64) if K > 1 else np.array([T - 1])
         ab = self.alpha_bar[torch.from_numpy(keep)]
         prev = torch.cat([ab.new_ones(1), ab[:-1]])
-        return Schedule(1.0 - ab / prev, self.timesteps[torch.from_numpy(keep)])
+        # the cap only binds when alpha_bar underflows (capped short test chains), where 1 - ab/prev rounds to 1
+        return Schedule((1.0 - ab / prev).clamp(max=0.999), self.timesteps[torch.from_numpy(keep)])
 
 
 def make_schedule(T: int = 100, kind: str = "scaled") -> Schedule:

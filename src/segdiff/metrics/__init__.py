@@ -12,7 +12,7 @@ from .boundary import (
     seg2bmap,
 )
 from .calibration import BinStats, CalibrationAccumulator, calibration_score, plot_reliability
-from .evaluate import evaluate_dirs, format_table, read_prob
+from .evaluate import evaluate_dirs, format_table, read_prob, score_pair, summarize
 from .overlap import Confusion, confusion, f1, f1_pooled, iou, iou_pooled
 from .wcov import wcov_paper, weighted_coverage
 
@@ -35,7 +35,9 @@ __all__ = [
     "iou_pooled",
     "plot_reliability",
     "read_prob",
+    "score_pair",
     "seg2bmap",
+    "summarize",
     "wcov_paper",
     "weighted_coverage",
 ]

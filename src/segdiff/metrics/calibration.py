@@ -180,7 +180,13 @@ def plot_reliability(stats: BinStats, path: Path | str, title: str | None = None
         edgecolor="k",
         label="fraction of foreground pixels",
     )
-    ax.plot(stats.mean_prob()[ne], stats.frac_pos()[ne], "o", color="tab:red", label="(mean probability, fraction) per bin")
+    ax.plot(
+        stats.mean_prob()[ne],
+        stats.frac_pos()[ne],
+        "o",
+        color="tab:red",
+        label="(mean probability, fraction) per bin",
+    )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)

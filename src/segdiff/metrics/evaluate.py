@@ -152,6 +152,76 @@ def output_paths(out: Path) -> dict[str, Path]:
     }
 
 
+def score_pair(pred: np.ndarray, gt: np.ndarray, paper_compat: bool = False) -> dict:
+    """Every mask metric of one image pair (pred, gt: bool [H, W]) and its pixel counts, as a flat dict:
+    iou, f1, wcov, weighted_coverage, boundf, boundf_<d>px, gt_pixels, pred_pixels, tp, fp, fn."""
+    c = confusion(pred, gt)
+    bf = boundary_f_per_tolerance(pred, gt, TOLERANCES_PX)
+    return {
+        "iou": iou_from_confusion(c, paper_compat),
+        "f1": f1_from_confusion(c, paper_compat),
+        "wcov": wcov_paper(pred, gt, paper_compat),
+        "weighted_coverage": weighted_coverage(pred, gt),
+        "boundf": float(np.mean(list(bf.values()))),
+        **{f"boundf_{d}px": v for d, v in bf.items()},
+        "gt_pixels": c.tp + c.fn,
+        "pred_pixels": c.tp + c.fp,
+        "tp": c.tp,
+        "fp": c.fp,
+        "fn": c.fn,
+    }
+
+
+def summarize(
+    rows: list[dict], paper_compat: bool = False, calibration: CalibrationAccumulator | None = None
+) -> dict:
+    """Dataset summary from `score_pair` rows (each with a "stem"): per-image means, pooled IoU/F1,
+    BoundF per tolerance, counts, policy and warnings; calibration from the accumulator, if any."""
+    if not rows:
+        raise ValueError("no images to summarize")
+
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    confusions = [Confusion(r["tp"], r["fp"], r["fn"]) for r in rows]
+    gt_empty = [r["stem"] for r in rows if r["gt_pixels"] == 0]
+    both_empty = [r["stem"] for r in rows if r["gt_pixels"] == 0 and r["pred_pixels"] == 0]
+    warnings = []
+    if gt_empty:
+        warnings.append(
+            f"{len(gt_empty)} image(s) have an empty ground-truth mask ({_stems(gt_empty)}); "
+            "they are scored by the empty-mask policy"
+        )
+    if paper_compat and both_empty:
+        warnings.append(
+            f"paper_compat: {len(both_empty)} image(s) have empty prediction and ground truth "
+            f"({_stems(both_empty)}); the authors' WCov_metric divides by zero there, counted as WCov = 0"
+        )
+    mode = "paper_compat" if paper_compat else "default"
+    return {
+        "n_images": len(rows),
+        "iou": mean("iou"),
+        "f1": mean("f1"),
+        "iou_pooled": iou_pooled(confusions, paper_compat),
+        "f1_pooled": f1_pooled(confusions, paper_compat),
+        "wcov": mean("wcov"),
+        "weighted_coverage": mean("weighted_coverage"),
+        "boundf": mean("boundf"),
+        "boundf_px": {str(d): mean(f"boundf_{d}px") for d in TOLERANCES_PX},
+        "calibration": calibration.summary() if calibration is not None else None,
+        "counts": {
+            "images": len(rows),
+            "gt_empty": len(gt_empty),
+            "pred_empty": sum(r["pred_pixels"] == 0 for r in rows),
+            "both_empty": len(both_empty),
+            "gt_pixels": sum(r["gt_pixels"] for r in rows),
+            "pred_pixels": sum(r["pred_pixels"] for r in rows),
+        },
+        "policy": {"mode": mode, "empty_masks": POLICY[mode]},
+        "warnings": warnings,
+    }
+
+
 def evaluate_dirs(
     pred: Path,
     gt: Path,
@@ -166,7 +236,7 @@ def evaluate_dirs(
     writes <out stem>_per_image.csv and, with probabilities and `reliability_png`, <out stem>_reliability.png
     beside it; summary.json is written last, each file atomically.
     """
-    mask_dir, prob_dir = resolve_pred(pred, None if prob is None else Path(prob))
+    mask_dir, prob_dir = resolve_pred(pred, prob)
     gt_dir = resolve_gt(gt)
     if out is not None:
         out = Path(out)
@@ -183,75 +253,22 @@ def evaluate_dirs(
         _check_paired(gt_files, prob_files, "probability map", prob_dir)
 
     rows: list[dict] = []
-    confusions: list[Confusion] = []
     calib = CalibrationAccumulator() if prob_files is not None else None
     for stem in sorted(gt_files):
         g, p = read_mask(gt_files[stem]), read_mask(pred_files[stem])
         _check_size(p, pred_files[stem], g, gt_files[stem])
-        c = confusion(p, g)
-        confusions.append(c)
-        bf = boundary_f_per_tolerance(p, g, TOLERANCES_PX)
-        row = {
-            "stem": stem,
-            "iou": iou_from_confusion(c, paper_compat),
-            "f1": f1_from_confusion(c, paper_compat),
-            "wcov": wcov_paper(p, g, paper_compat),
-            "weighted_coverage": weighted_coverage(p, g),
-            "boundf": float(np.mean(list(bf.values()))),
-            **{f"boundf_{d}px": v for d, v in bf.items()},
-        }
+        row = {"stem": stem, **score_pair(p, g, paper_compat)}
         if calib is not None:
             q = read_prob(prob_files[stem])
             _check_size(q, prob_files[stem], g, gt_files[stem])
             row["calibration"] = calib.add(q, g)
-        row |= {"gt_pixels": c.tp + c.fn, "pred_pixels": c.tp + c.fp, "tp": c.tp, "fp": c.fp, "fn": c.fn}
-        row |= {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])}
-        rows.append(row)
+        rows.append(row | {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])})
 
-    def mean(key: str) -> float:
-        return float(np.mean([r[key] for r in rows]))
-
-    gt_empty = [r["stem"] for r in rows if r["gt_pixels"] == 0]
-    pred_empty = [r["stem"] for r in rows if r["pred_pixels"] == 0]
-    both_empty = [r["stem"] for r in rows if r["gt_pixels"] == 0 and r["pred_pixels"] == 0]
-    warnings = []
-    if gt_empty:
-        warnings.append(
-            f"{len(gt_empty)} image(s) have an empty ground-truth mask ({_stems(gt_empty)}); "
-            "they are scored by the empty-mask policy"
-        )
-    if paper_compat and both_empty:
-        warnings.append(
-            f"paper_compat: {len(both_empty)} image(s) have empty prediction and ground truth "
-            f"({_stems(both_empty)}); the authors' WCov_metric divides by zero there, counted as WCov = 0"
-        )
-    mode = "paper_compat" if paper_compat else "default"
-    summary = {
-        "n_images": len(rows),
-        "iou": mean("iou"),
-        "f1": mean("f1"),
-        "iou_pooled": iou_pooled(confusions, paper_compat),
-        "f1_pooled": f1_pooled(confusions, paper_compat),
-        "wcov": mean("wcov"),
-        "weighted_coverage": mean("weighted_coverage"),
-        "boundf": mean("boundf"),
-        "boundf_px": {str(d): mean(f"boundf_{d}px") for d in TOLERANCES_PX},
-        "calibration": calib.summary() if calib is not None else None,
-        "counts": {
-            "images": len(rows),
-            "gt_empty": len(gt_empty),
-            "pred_empty": len(pred_empty),
-            "both_empty": len(both_empty),
-            "gt_pixels": sum(r["gt_pixels"] for r in rows),
-            "pred_pixels": sum(r["pred_pixels"] for r in rows),
-        },
-        "policy": {"mode": mode, "empty_masks": POLICY[mode]},
-        "warnings": warnings,
-        "inputs": {
-            "pred": str(mask_dir),
-            "gt": str(gt_dir),
-            "prob": None if prob_dir is None else str(prob_dir),
-        },
+    summary = summarize(rows, paper_compat, calib)
+    summary["inputs"] = {
+        "pred": str(mask_dir),
+        "gt": str(gt_dir),
+        "prob": None if prob_dir is None else str(prob_dir),
     }
     if out is not None:
         summary["outputs"] = _write_outputs(out, summary, rows, calib if reliability_png else None)
@@ -302,7 +319,9 @@ def format_table(summary: dict) -> str:
     row("IoU, pooled over pixels", f"{100 * summary['iou_pooled']:6.2f} %")
     cal = summary.get("calibration")
     if cal:
-        row("Calibration score, mean +- s.e.", f"{cal['mean']:8.5f} +- {cal['stderr']:.5f}  (lower is better)")
+        row(
+            "Calibration score, mean +- s.e.", f"{cal['mean']:8.5f} +- {cal['stderr']:.5f}  (lower is better)"
+        )
         row("Calibration score, pooled bins", f"{cal['pooled']:8.5f}")
         row("ECE, pooled bins", f"{cal['ece']:8.5f}")
     for w in summary.get("warnings", []):

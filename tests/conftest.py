@@ -1,0 +1,51 @@
+"""Tiny CPU fixtures: models <= 32 px, C <= 16, one narrow RRDB, small T."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from segdiff import rng
+from segdiff.config import AugmentConfig, DataConfig, DiffusionConfig, ModelConfig, PredictConfig, RunConfig, TrainConfig
+from segdiff.data.io import write_mask, write_png
+from segdiff.demo import synthetic_pair
+
+torch.set_num_threads(1)
+
+
+def tiny_config(T: int = 10, **train) -> RunConfig:
+    return RunConfig(
+        preset="test",
+        model=ModelConfig(
+            model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_ds=(2,), num_heads=2,
+            norm_groups=8, rrdb_blocks=1, rrdb_nf=8, rrdb_gc=4,
+        ),
+        diffusion=DiffusionConfig(steps=T),
+        data=DataConfig(size=16, predict_mode="pad", augment=AugmentConfig(hflip=True, vflip=True)),
+        train=TrainConfig(
+            **{
+                "batch_size": 4, "lr": 1e-3, "ema_rate": 0.99, "max_steps": 4, "log_every": 1, "val_every": 2,
+                "save_every": 2, "val_generations": 2, "val_steps": 3, **train,
+            }
+        ),
+        predict=PredictConfig(generations=2, steps=3),
+    )
+
+
+def make_dataset(root: Path, splits=(("train", 6), ("test", 3)), size: int = 16, seed: int = 0) -> Path:
+    root = Path(root)
+    for split, n in splits:
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image, mask = synthetic_pair(rng.generator(seed, split, i), size)
+            write_png(root / split / "images" / f"img{i:02d}.png", image)
+            write_mask(root / split / "masks" / f"img{i:02d}.png", mask)
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return make_dataset(tmp_path / "data")
