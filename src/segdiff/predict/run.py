@@ -40,13 +40,14 @@ def predict_folder(
 ) -> dict:
     out = Path(out)
     paths = list_images(Path(inputs))
-    if num_parts is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        num_parts, part_id = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
     num_parts, part_id = num_parts or 1, part_id or 0
     if not 0 <= part_id < num_parts:
         from ..errors import UserError
 
         raise UserError(f"--part-id {part_id}: must be between 0 and --num-parts - 1 = {num_parts - 1}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:  # under torchrun, rank r predicts its share of the part: items I + r*P, I + (r + W)*P, ...
+        num_parts, part_id = num_parts * world, part_id + int(os.environ["RANK"]) * num_parts
     mine = part_of(paths, num_parts, part_id)
     todo = [p for p in mine if overwrite or not is_done(out, p.stem)]
     opts = model.sampling_options(**options)

@@ -26,7 +26,15 @@ from ..diffusion import training_loss
 from ..errors import CheckpointError, UserError
 from ..predict.ensemble import SamplingOptions
 from .checkpoint import atomic_write_text, load_into, read_train_state, read_weights, state_dict_cpu, write_files
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    init_distributed,
+    resolve_device,
+    shutdown,
+)
 from .ema import EMA
 from .logging import RunLog, plot_curves
 
@@ -91,8 +99,7 @@ def train(
     """Train `config` on the data folder `data`, writing the run folder `out`. Returns a summary dict."""
     data, out = Path(data), Path(out)
     info = init_distributed("cpu" if device == "cpu" else None)
-    if device is None and torch.cuda.is_available():
-        device = f"cuda:{info.local_rank}"
+    device = resolve_device(device, info)  # cuda:LOCAL_RANK under torchrun
     if resume:
         saved = RunConfig.load(out / "config.json")
         # a resumed run keeps its model, data and seed; only the length and cadence may change
@@ -100,6 +107,7 @@ def train(
         config = saved
     elif (out / "train_state.pt").exists() or (out / "config.json").exists():
         raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    barrier(info)  # every rank has checked --out before rank 0 writes to it
     tc = config.train
     if tc.batch_size % info.world:
         raise UserError(f"--batch-size {tc.batch_size} is not divisible by the {info.world} processes")
@@ -110,6 +118,7 @@ def train(
         config.data.mean, config.data.std = channel_stats(batches.float_images())
     val_pairs = [load_pair(s) for s in splits.val[: tc.val_max_images or None]]
 
+    torch.manual_seed(tc.seed)  # initial weights and dropout; a resumed run restores its RNG state below
     model = SegDiff(config, device)
     ema = EMA(model.net, tc.ema_rate)
     opt = torch.optim.AdamW(model.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -152,6 +161,7 @@ def train(
         StepDataset(batches, step, tc.max_steps, tc.batch_size, start, stop),
         batch_size=None, shuffle=False, num_workers=tc.num_workers,
         persistent_workers=False, pin_memory=model.device.type == "cuda",
+        generator=torch.Generator(),  # the iterator draws a base seed: not from the global RNG (dropout)
     )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else None
 
@@ -196,7 +206,8 @@ def train(
     try:
         model.net.train()
         for image, x0, t, eps in loader:
-            if tc.max_minutes is not None and (time.time() - t0) / 60 >= tc.max_minutes:
+            late = tc.max_minutes is not None and (time.time() - t0) / 60 >= tc.max_minutes
+            if tc.max_minutes is not None and any_rank(late, model.device, info):  # ranks stop together
                 stopped_by = "max_minutes"
                 break
             dev = model.device
@@ -246,4 +257,5 @@ def train(
         run_validation()
     save()
     log.text(f"finished at step {step} ({stopped_by}), {elapsed:.1f} s; best val {best}")
+    shutdown(info)  # destroys the process group if init_distributed created it
     return {"step": step, "elapsed_s": elapsed, "best": best, "stopped_by": stopped_by, "run": str(out)}
