@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from segdiff import rng
-from segdiff.config import AugmentConfig, DataConfig, DiffusionConfig, ModelConfig, PredictConfig, RunConfig, TrainConfig
+from segdiff.config import (
+    AugmentConfig,
+    DataConfig,
+    DiffusionConfig,
+    ModelConfig,
+    PredictConfig,
+    RunConfig,
+    TrainConfig,
+)
 from segdiff.data.io import write_mask, write_png
 from segdiff.demo import synthetic_pair
 

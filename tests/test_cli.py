@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import make_dataset, tiny_config
 from segdiff.cli import main
 from segdiff.data.io import read_mask
-
-from conftest import make_dataset, tiny_config
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -4,6 +4,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from conftest import make_dataset, tiny_config
 from segdiff.config import AugmentConfig
 from segdiff.data.dataset import TrainBatches, load_pair, make_splits
 from segdiff.data.folder import pair_split
@@ -11,8 +12,6 @@ from segdiff.data.io import read_image, read_mask
 from segdiff.data.transforms import augment
 from segdiff.errors import DataError
 from segdiff.rng import generator
-
-from conftest import make_dataset, tiny_config
 
 
 def test_image_formats(tmp_path):

@@ -1,12 +1,11 @@
 import pytest
 import torch
 
+from conftest import tiny_config
 from segdiff.api import SegDiff
 from segdiff.config import preset
 from segdiff.model import SegDiffUNet
 from segdiff.model.blocks import Attention
-
-from conftest import tiny_config
 
 
 def _net(**kw):

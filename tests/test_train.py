@@ -3,12 +3,11 @@ import json
 import pytest
 import torch
 
+from conftest import tiny_config
 from segdiff.api import SegDiff
 from segdiff.errors import CheckpointError, UserError
 from segdiff.train.ema import EMA, ema_decay
 from segdiff.train.loop import train
-
-from conftest import tiny_config
 
 
 def test_ema_warmup_and_update():

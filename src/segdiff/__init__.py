@@ -1,3 +1,15 @@
 """SegDiff: image segmentation with diffusion probabilistic models (Amit et al., 2021)."""
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # lazy, so that `import segdiff` and the CLI's --help stay fast
+    if name in ("SegDiff", "Prediction"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(name)
+
+
+__all__ = ["SegDiff", "Prediction", "__version__"]

@@ -14,13 +14,13 @@ import numpy as np
 import torch
 
 from .config import RunConfig, preset
+from .data.transforms import resize_image
 from .diffusion import make_schedule, training_loss
 from .errors import CheckpointError, UserError
 from .model import SegDiffUNet
 from .predict.ensemble import SamplingOptions, pad_to_stride, sample_x0, summarise
 from .predict.tiling import blend_weight, stitch, windows
-from .train.checkpoint import read_weights, load_into, state_dict_cpu, write_files
-from .data.transforms import resize_image
+from .train.checkpoint import load_into, read_weights, state_dict_cpu, write_files
 
 WEIGHT_FILES = {"best": "best.safetensors", "ema": "ema.safetensors", "raw": "model.safetensors"}
 

@@ -28,6 +28,10 @@ class SamplingOptions:
     batch_generations: int = 30  # generations x windows per network batch (memory)
     seed: int = 0
     amp: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16", "fp32"
+    # Speed flags, off by default until measured on a GPU (`segdiff benchmark --variants`):
+    channels_last: bool = False  # convert the network's weights to channels-last (in place, idempotent)
+    # torch.compile the noise predictor: "off", "default", "reduce-overhead" (CUDA graphs), "max-autotune"
+    compile: str = "off"
 
 
 def autocast(device: torch.device, amp: str):
@@ -57,6 +61,7 @@ def sample_x0(
     B, _, H, W = image.shape
     G = opts.generations
     device = image.device
+    fwd = prepare_net(net, opts)
     with autocast(device, opts.amp):
         cond = net.encode_image(image)  # once per image, reused by every step and generation
     out = torch.empty(B, G, H, W, device=device)
@@ -68,11 +73,42 @@ def sample_x0(
 
         def eps_fn(x, t, c=c):
             with autocast(device, opts.amp):
-                return net(x, t, c)
+                return fwd(x, t, c)
 
         x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, opts.steps, opts.variance, opts.eta, opts.clip_x0)
         out[b0:b1, g0:g1] = x0.view(b1 - b0, g1 - g0, H, W)
     return out
+
+
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+
+
+class _CompiledCache(dict):
+    """Compiled versions of a network, kept on it; deepcopy and pickle of the network start empty."""
+
+    def __deepcopy__(self, memo):
+        return _CompiledCache()
+
+    def __reduce__(self):
+        return (_CompiledCache, ())
+
+
+def prepare_net(net, opts: SamplingOptions):
+    """The callable the sampling loop runs: `net` itself unless a speed flag of `opts` is on.
+
+    channels_last converts the weights of `net` in place (numerically the same network). A compiled
+    module is cached on `net`, so that repeated calls do not compile again.
+    """
+    if opts.channels_last:
+        net.to(memory_format=torch.channels_last)
+    if opts.compile == "off":
+        return net
+    if opts.compile not in COMPILE_MODES:
+        raise ValueError(f"compile={opts.compile!r}: choose one of {', '.join(COMPILE_MODES)}")
+    cache = net.__dict__.setdefault("_segdiff_compiled", _CompiledCache())  # a plain attribute, not a submodule
+    if opts.compile not in cache:
+        cache[opts.compile] = torch.compile(net, mode=None if opts.compile == "default" else opts.compile)
+    return cache[opts.compile]
 
 
 def _chunks(B: int, G: int, per_batch: int):

@@ -48,6 +48,9 @@ def predict_folder(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # under torchrun, rank r predicts its share of the part: items I + r*P, I + (r + W)*P, ...
         num_parts, part_id = num_parts * world, part_id + int(os.environ["RANK"]) * num_parts
+        if model.device.type == "cuda" and model.device.index is None:  # plain "cuda": this rank's GPU
+            model.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            model.net.to(model.device)
     mine = part_of(paths, num_parts, part_id)
     todo = [p for p in mine if overwrite or not is_done(out, p.stem)]
     opts = model.sampling_options(**options)

@@ -8,11 +8,14 @@ DistributedDataParallel; see docs/distributed.md.
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+_GENERATION = itertools.count()  # process groups created by init_distributed in this process
 
 
 @dataclass
@@ -46,7 +49,12 @@ def init_distributed(device_type: str | None = None) -> DistInfo:
     use_cuda = torch.cuda.is_available() and device_type != "cpu"
     if use_cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    # torchrun's store outlives the group, and a default group created again after destroy_process_group
+    # reuses its key names and can read the stale addresses of the last one (a hang seen with gloo): each
+    # group made here gets keys of its own, so that train() may run again, or a caller may init after it
+    store, rank, world = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"segdiff-{next(_GENERATION)}", store)
+    dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world)
     return DistInfo(rank, world, local_rank, owns_group=True)
 
 

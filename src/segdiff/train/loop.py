@@ -24,7 +24,6 @@ from ..config import RunConfig
 from ..data.dataset import StepDataset, TrainBatches, channel_stats, load_pair, make_splits, write_split
 from ..diffusion import training_loss
 from ..errors import CheckpointError, UserError
-from ..predict.ensemble import SamplingOptions
 from .checkpoint import atomic_write_text, load_into, read_train_state, read_weights, state_dict_cpu, write_files
 from .distributed import (
     DistInfo,

@@ -1,0 +1,105 @@
+"""Speed and quality-vs-cost measurement: `segdiff benchmark` and `segdiff study`.
+
+reference.py: the reference sampling path (the authors' way), kept for same-run comparisons.
+speed.py:     `segdiff benchmark`: seconds per image, TFLOP/s, memory, training throughput.
+study.py:     `segdiff study`: IoU / F1 / calibration against generations, steps and sampler.
+
+The argument parsers live here and import nothing heavy, so that `segdiff --help` stays fast.
+"""
+
+from __future__ import annotations
+
+
+def add_parsers(subparsers) -> None:
+    """Register the `benchmark` and `study` subcommands (called by segdiff.cli)."""
+    _add_benchmark(subparsers)
+    _add_study(subparsers)
+
+
+def _run_benchmark(args) -> int:
+    from .speed import cli
+
+    return cli(args)
+
+
+def _run_study(args) -> int:
+    from .study import cli
+
+    return cli(args)
+
+
+def _add_benchmark(sub) -> None:
+    b = sub.add_parser(
+        "benchmark",
+        help="seconds per image (fast vs reference path), TFLOP/s, memory, training throughput",
+        description="Speed of the fast sampling path against the reference path (the authors' way: G(I) at "
+        "every step, generations one after another, fp16), measured in the same run, per preset at its "
+        "resolution with random weights. Numbers measured on fewer steps or generations are scaled linearly "
+        "and labelled so.",
+    )
+    b.add_argument(
+        "--preset",
+        nargs="+",
+        choices=["tiny", "vaihingen", "monuseg", "cityscapes"],
+        help="default: all three paper presets",
+    )
+    b.add_argument("--quick", action="store_true", help="tiny preset, few repetitions: a CPU smoke run (< 1 min)")
+    b.add_argument("--generations", type=int, default=30)
+    b.add_argument("--steps", type=int, default=100, help="sampling steps of the protocol (default 100 = T)")
+    b.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm++"])
+    b.add_argument("--measure-steps", type=int, help="steps actually timed per call, scaled to --steps (default 20)")
+    b.add_argument(
+        "--reference-generations",
+        type=int,
+        help="generations the reference path actually runs, scaled to --generations (default all)",
+    )
+    b.add_argument("--repeats", type=int, help="timed calls per path, median reported (default 3)")
+    b.add_argument("--batch-generations", type=int, help="fast path: generations per network batch (preset's)")
+    b.add_argument(
+        "--variants",
+        default="default",
+        help="comma-separated fast-path variants: default, channels_last, compile, compile-max-autotune,"
+        " cudagraphs, or flags joined by '+' (e.g. channels_last+cudagraphs)",
+    )
+    b.add_argument(
+        "--reference-batched",
+        action="store_true",
+        help="also time the authors' way with generations batched (G(I) still at every step)",
+    )
+    b.add_argument("--no-reference", action="store_true", help="skip the reference path")
+    b.add_argument("--no-train", action="store_true", help="skip the training-step throughput")
+    b.add_argument("--train-steps", type=int, help="timed training steps per mode (default 10)")
+    b.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    b.add_argument(
+        "--threads", type=int, help="CPU threads (torch.set_num_threads); 1 avoids OpenMP spinning on a busy machine"
+    )
+    b.add_argument("--out", help="write the JSON report to this file")
+    b.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    b.set_defaults(func=_run_benchmark)
+
+
+def _add_study(sub) -> None:
+    s = sub.add_parser(
+        "study",
+        help="IoU, F1, calibration vs generations, sampling steps and sampler, with seconds per image",
+        description="Quality against cost (the paper's Figs. 4, 5, 6 and 9): each image is sampled once with "
+        "--generations generations per sampler and number of steps; the curve over generations uses the mean "
+        "of the first n samples. Writes study.csv, study_per_image.csv, study.json and PNG plots to --out.",
+    )
+    s.add_argument("--checkpoint", required=True, help="run folder written by segdiff train")
+    s.add_argument("--data", required=True, help="a split folder with images/ and masks/ (e.g. ROOT/val)")
+    s.add_argument("--images", type=int, help="use only the first N images (sorted by name)")
+    s.add_argument("--generations", type=int, default=30, help="samples per image (curve over 1..N)")
+    s.add_argument("--steps", help="comma-separated sampling steps (default 5,10,25,50,100, up to T)")
+    s.add_argument(
+        "--samplers",
+        default="ddpm-large,ddpm-small,ddim,dpm++",
+        help="comma-separated: ddpm-large, ddpm-small, ddim, ddim-eta<x>, dpm++",
+    )
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--weights", default="best", choices=["best", "ema", "raw"])
+    s.add_argument("--batch-generations", type=int, help="generations per network batch (memory)")
+    s.add_argument("--out", default="segdiff-study", help="output folder")
+    s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_run_study)

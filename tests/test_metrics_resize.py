@@ -1,0 +1,84 @@
+"""Predictions resized to the ground truth's native size before scoring (the Cityscapes protocol)."""
+
+import numpy as np
+import pytest
+
+from segdiff.data.io import read_mask, write_mask
+from segdiff.errors import DataError
+from segdiff.metrics.evaluate import evaluate_dirs, read_prob
+from segdiff.metrics.resize import main, resize_map, resize_to_gt
+from segdiff.predict.export import write_prediction
+
+
+def _disc(h, w, r):
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - (h - 1) / 2) ** 2 / (r * h) ** 2 + (xx - (w - 1) / 2) ** 2 / (r * w) ** 2 <= 1
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """Predictions at 16 x 16 (the model's input) and ground truth at native sizes."""
+    pred, gt = tmp_path / "pred", tmp_path / "gt" / "masks"
+    gt.mkdir(parents=True)
+    sizes = {"a": (24, 40), "b": (16, 16), "c": (9, 7)}
+    for stem, hw in sizes.items():
+        prob = _disc(16, 16, 0.35).astype(np.float32) * 0.9 + 0.05
+        write_prediction(pred, stem, prob >= 0.5, prob, np.full((16, 16), 0.1, np.float32))
+        write_mask(gt / f"{stem}.png", _disc(*hw, 0.35))
+    return pred, gt, sizes
+
+
+def test_predictions_take_the_ground_truth_size_and_evaluate_runs(folders, tmp_path):
+    pred, gt, sizes = folders
+    with pytest.raises(DataError, match="size"):
+        evaluate_dirs(pred, gt)
+    out = tmp_path / "native"
+    s = resize_to_gt(pred, gt, out)
+    assert s["images"] == 3 and s["resized"] == 2 and s["masks_from_probability"] == 3
+    for stem, hw in sizes.items():
+        mask = read_mask(out / "masks" / f"{stem}.png")
+        prob = read_prob(out / "prob" / f"{stem}.tif")
+        assert mask.shape == prob.shape == read_prob(out / "uncertainty" / f"{stem}.tif").shape == hw
+        np.testing.assert_array_equal(mask, prob >= 0.5)
+    summary = evaluate_dirs(out, gt.parent)
+    assert summary["n_images"] == 3 and summary["iou"] > 0.8  # the same ellipse at every size
+
+
+def test_same_size_is_unchanged(folders, tmp_path):
+    pred, gt, _ = folders
+    out = tmp_path / "native"
+    resize_to_gt(pred, gt, out)
+    np.testing.assert_array_equal(read_mask(out / "masks" / "b.png"), read_mask(pred / "masks" / "b.png"))
+    np.testing.assert_allclose(read_prob(out / "prob" / "b.tif"), read_prob(pred / "prob" / "b.tif"))
+
+
+def test_resize_map_is_bilinear_and_stays_in_range():
+    up = resize_map(np.array([[0.0, 1.0]], np.float32), (1, 4))
+    np.testing.assert_allclose(up, [[0.0, 0.25, 0.75, 1.0]])
+    down = resize_map(np.eye(8, dtype=np.float32), (2, 2))
+    assert down.shape == (2, 2) and 0 <= down.min() and down.max() <= 1
+
+
+def test_mask_folder_without_probabilities(tmp_path):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    write_mask(pred / "x.png", np.pad(np.ones((4, 4), bool), 2))  # 8 x 8, centre 4 x 4
+    write_mask(gt / "x.png", np.pad(np.ones((8, 8), bool), 4))  # 16 x 16, centre 8 x 8
+    s = resize_to_gt(pred, gt, tmp_path / "out")
+    assert s["masks_from_probability"] == 0
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "masks" / "x.png"), read_mask(gt / "x.png"))
+
+
+def test_missing_prediction_names_the_file(folders, tmp_path):
+    pred, gt, _ = folders
+    write_mask(gt / "zz.png", np.ones((4, 4), bool))
+    with pytest.raises(DataError, match="zz"):
+        resize_to_gt(pred, gt, tmp_path / "out")
+
+
+def test_cli(folders, tmp_path, capsys):
+    pred, gt, _ = folders
+    assert main(["--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "o")]) == 0
+    assert "2 of 3" in capsys.readouterr().out
+    assert main(["--pred", str(pred), "--gt", str(gt), "--out", str(pred)]) == 2
