@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import UserError
@@ -27,7 +28,8 @@ def _train(args) -> int:
     if args.resume and args.max_steps is None:
         tc.max_steps = RunConfig.load(f"{args.out}/config.json").train.max_steps
     summary = train(args.data, args.out, cfg, resume=args.resume, device=args.device, progress=not args.quiet)
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
+        print(json.dumps(summary))
     return 0
 
 

@@ -178,7 +178,7 @@ def _vaihingen() -> RunConfig:
                 brightness=0.6, contrast=0.5, saturation=0.4, hue=0.025,
             ),
         ),
-        train=TrainConfig(batch_size=8),
+        train=TrainConfig(batch_size=8, num_workers=4),
     )
 
 
@@ -194,7 +194,7 @@ def _monuseg() -> RunConfig:
                 brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
             ),
         ),
-        train=TrainConfig(batch_size=8),
+        train=TrainConfig(batch_size=8, num_workers=4),
     )
 
 
@@ -207,7 +207,7 @@ def _cityscapes() -> RunConfig:
             predict_mode="resize",
             augment=AugmentConfig(scale=(0.75, 1.25), rotate=22.0, hflip=True),
         ),
-        train=TrainConfig(batch_size=30),
+        train=TrainConfig(batch_size=30, num_workers=4),
     )
 
 
