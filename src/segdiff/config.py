@@ -222,8 +222,8 @@ def _tiny() -> RunConfig:
         diffusion=DiffusionConfig(steps=100),
         data=DataConfig(size=32, predict_mode="pad", augment=AugmentConfig(hflip=True, vflip=True)),
         train=TrainConfig(
-            batch_size=16, lr=1e-3, ema_rate=0.999, warmup_steps=50, max_steps=1500,
-            log_every=50, val_every=500, save_every=500, val_generations=4, val_steps=20,
+            batch_size=16, lr=1e-3, ema_rate=0.999, warmup_steps=50, max_steps=1200,
+            log_every=50, val_every=400, save_every=400, val_generations=4, val_steps=20,
         ),
         predict=PredictConfig(generations=8, steps=20),
     )

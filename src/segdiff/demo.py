@@ -108,7 +108,8 @@ def figure(path: Path, image, samples, prob, unc, gt, n_show: int = 4) -> None:
     plt.close(fig)
 
 
-def run_demo(out: str | Path = "segdiff-demo", max_steps: int | None = None, generations: int | None = None,
+def run_demo(out: str | Path = "segdiff-demo", max_steps: int | None = None, max_minutes: float | None = 7.0,
+             generations: int | None = None,
              steps: int | None = None, progress: bool = True, device: str | None = None) -> dict:
     from .api import SegDiff
     from .predict.run import predict_folder
@@ -121,6 +122,9 @@ def run_demo(out: str | Path = "segdiff-demo", max_steps: int | None = None, gen
     cfg = preset("tiny")
     if max_steps is not None:
         cfg.train.max_steps = max_steps
+    # a safety cap for slow machines (the demo promises < 10 minutes on 2 cores); the report says how many
+    # steps were run
+    cfg.train.max_minutes = max_minutes
     run = out / "run"
     if run.exists():
         import shutil
@@ -156,7 +160,7 @@ def run_demo(out: str | Path = "segdiff-demo", max_steps: int | None = None, gen
         "protocol": {
             "data": "synthetic: striped ellipses (foreground) on smooth texture of the same intensity range, 32x32",
             "train_images": 160, "val_images": 16, "test_images": len(stems), "preset": "tiny",
-            "training_steps": train_summary["step"], "batch_size": model.config.train.batch_size,
+            "training_steps": train_summary["step"], "stopped_by": train_summary["stopped_by"], "batch_size": model.config.train.batch_size,
             "weights": Path(getattr(model, "weights_file", "")).name, "generations": gens, "sampling_steps": k,
             "T": model.config.diffusion.steps, "sampler": model.config.predict.sampler,
             "variance": model.config.diffusion.variance, "device": str(model.device),

@@ -295,8 +295,9 @@ def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> di
 
 
 def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: str) -> dict:
-    """Samples per second of one training step. mode "ours": bf16 autocast + fused AdamW on CUDA (fp32
-    and the default AdamW on a CPU), as train/loop.py; "plain": eager fp32, default AdamW."""
+    """Samples per second of one training step. mode "ours": train/loop.py's step (LossModule, bf16
+    autocast on CUDA, gradient clipping, EMA update) with AdamW(fused=True) on CUDA; "plain": the same
+    step in eager fp32 with PyTorch's default AdamW. On a CPU both are the same fp32 step."""
     from ..api import SegDiff
     from ..train.ema import EMA
     from ..train.loop import LossModule

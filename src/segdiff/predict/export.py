@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..data.io import to_u8, write_float_tiff, write_mask, write_png
 
 SUBDIRS = ("masks", "prob", "uncertainty")
@@ -24,12 +25,6 @@ def heatmap(values: np.ndarray, vmax: float) -> np.ndarray:
     return (colormaps["inferno"](np.clip(values / vmax, 0, 1))[..., :3] * 255).astype(np.uint8)
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    write(tmp)
-    tmp.replace(path)
-
-
 def write_prediction(out: Path, stem: str, mask, prob, uncertainty, samples=None) -> None:
     """Arrays [H, W] (samples [G, H, W]) for one image. The mask is written last: a mask file marks a
     finished image, so a restarted `predict` can skip it."""
@@ -40,13 +35,13 @@ def write_prediction(out: Path, stem: str, mask, prob, uncertainty, samples=None
         gdir = out / "generations" / stem
         gdir.mkdir(parents=True, exist_ok=True)
         for k, s in enumerate(samples):
-            _atomic(gdir / f"{k:03d}.png", lambda p, s=s: write_png(p, to_u8(s)))
-    _atomic(out / "prob" / f"{stem}.tif", lambda p: write_float_tiff(p, prob))
-    _atomic(out / "prob" / f"{stem}.png", lambda p: write_png(p, to_u8(prob)))
-    _atomic(out / "uncertainty" / f"{stem}.tif", lambda p: write_float_tiff(p, uncertainty))
+            atomic_write(gdir / f"{k:03d}.png", lambda p, s=s: write_png(p, to_u8(s)))
+    atomic_write(out / "prob" / f"{stem}.tif", lambda p: write_float_tiff(p, prob))
+    atomic_write(out / "prob" / f"{stem}.png", lambda p: write_png(p, to_u8(prob)))
+    atomic_write(out / "uncertainty" / f"{stem}.tif", lambda p: write_float_tiff(p, uncertainty))
     # the spread of values in [0, 1] is at most 0.5
-    _atomic(out / "uncertainty" / f"{stem}.png", lambda p: write_png(p, heatmap(uncertainty, 0.5)))
-    _atomic(out / "masks" / f"{stem}.png", lambda p: write_mask(p, mask))
+    atomic_write(out / "uncertainty" / f"{stem}.png", lambda p: write_png(p, heatmap(uncertainty, 0.5)))
+    atomic_write(out / "masks" / f"{stem}.png", lambda p: write_mask(p, mask))
 
 
 def is_done(out: Path, stem: str) -> bool:

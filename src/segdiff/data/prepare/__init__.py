@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from ... import __version__
+from ...atomic import atomic_write
 from ...errors import DataError, UserError
 from ..io import write_mask, write_png
 
@@ -61,22 +61,6 @@ def prepare_output_dir(out: Path, src: Path, owned: Iterable[str], overwrite: bo
                 p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def atomic_write(path: Path, writer: Callable[[Path], None]) -> None:
-    """Call `writer(tmp)` on a hidden temporary path beside `path`, then rename it to `path`.
-
-    The temporary name keeps the suffix so writers that infer the format from it (PIL) work.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_image(path: Path, rgb_u8: np.ndarray, jpeg_quality: int | None = None) -> None:
