@@ -79,8 +79,7 @@ PAPER_PROTOCOL = (30, 100)  # generations, sampling steps (T = 100)
 LADDER = [(30, 100), (30, 50), (16, 50), (16, 25), (8, 25), (8, 10), (4, 10), (2, 10), (1, 10)]
 RESERVE_S = 60.0  # evaluation, figures and writing after prediction
 PIPELINE_LABEL = (
-    "PIPELINE CHECK ONLY (--tiny): tiny preset, reduced protocol on a CPU; not comparable with the "
-    "paper's Table 3"
+    "PIPELINE CHECK ONLY (--tiny): tiny preset, reduced protocol on a CPU; not comparable with the paper's Table 3"
 )
 
 
@@ -113,15 +112,18 @@ def _centre_crop(arr: np.ndarray, size: int) -> np.ndarray:
     return arr[y : y + size, x : x + size]
 
 
-def build_view(data: Path, out: Path, n_val: int, seed: int, tiny_crop: int | None = None,
-               test_images: int | None = None) -> dict:
+def build_view(
+    data: Path, out: Path, n_val: int, seed: int, tiny_crop: int | None = None, test_images: int | None = None
+) -> dict:
     """OUT/data/{train,val,test}/{images,masks}: symbolic links into DATA (never copies). With tiny_crop,
     val and test hold the central tiny_crop x tiny_crop pixels instead (small PNG files written under OUT)."""
     data = Path(data)
     for split in ("train", "test"):
         if not (data / split / "images").is_dir() or not (data / split / "masks").is_dir():
-            raise UserError(f"{data}: expected {split}/images and {split}/masks (the layout of "
-                            "../shared/data/monuseg or of `segdiff prepare monuseg`)")
+            raise UserError(
+                f"{data}: expected {split}/images and {split}/masks (the layout of "
+                "../shared/data/monuseg or of `segdiff prepare monuseg`)"
+            )
     train_samples = pair_split(data / "train")
     test_samples = pair_split(data / "test")
     if test_images:
@@ -164,8 +166,7 @@ def make_config(args) -> RunConfig:
         mon = preset("monuseg").data.augment
         size = 32
         # the paper's MoNuSeg augmentation at the tiny window size; tile = stride = 32 on 64 x 64 test crops
-        cfg.data = replace(cfg.data, size=size, predict_mode="tile", tile_stride=None,
-                           augment=replace(mon, crop=size))
+        cfg.data = replace(cfg.data, size=size, predict_mode="tile", tile_stride=None, augment=replace(mon, crop=size))
         cfg.train.val_generations, cfg.train.val_steps = 4, 10
     else:
         cfg = preset("monuseg")
@@ -199,8 +200,14 @@ def chunk_batches(n_windows: int, generations: int, per_batch: int) -> list[int]
 def probe_seconds_per_call(model: SegDiff, window: torch.Tensor, batch: int, steps: int = 10) -> float:
     """Seconds per network call of the sampler at `batch` x 1 x tile x tile (G(I) included, amortised)."""
     device = model.device
-    opts = SamplingOptions(generations=batch, steps=2, batch_generations=batch, seed=12345,
-                           variance=model.config.diffusion.variance, clip_x0=model.config.diffusion.clip_x0)
+    opts = SamplingOptions(
+        generations=batch,
+        steps=2,
+        batch_generations=batch,
+        seed=12345,
+        variance=model.config.diffusion.variance,
+        clip_x0=model.config.diffusion.clip_x0,
+    )
     sample_x0(model.net, model.schedule, window, ["probe"], opts)  # warm-up (kernels, allocator)
     _sync(device)
     t0 = time.perf_counter()
@@ -248,9 +255,11 @@ def choose_protocol(args, cost: SamplerCost, n_images: int, n_windows: int, per_
         est = cost.estimate(n_images, n_windows, g0, k0, per_batch)
         fits = est <= left(args.budget_minutes)
         label = "the paper protocol" if (g0, k0) == PAPER_PROTOCOL else f"the requested protocol {g0} x {k0}"
-        reason = (f"{label} ({g0} generations x {k0} steps), estimated {est / 60:.1f} min for prediction; "
-                  f"{'fits' if fits else 'does NOT fit'} the {args.budget_minutes:g}-minute budget of the run "
-                  f"({max(0.0, left(args.budget_minutes)) / 60:.1f} min left after a {RESERVE_S:.0f} s reserve)")
+        reason = (
+            f"{label} ({g0} generations x {k0} steps), estimated {est / 60:.1f} min for prediction; "
+            f"{'fits' if fits else 'does NOT fit'} the {args.budget_minutes:g}-minute budget of the run "
+            f"({max(0.0, left(args.budget_minutes)) / 60:.1f} min left after a {RESERVE_S:.0f} s reserve)"
+        )
         if not fits:
             reason += f"; run anyway as requested (pass --fit-budget {args.budget_minutes:g} to fit it)"
         return g0, k0, {"mode": "requested", "estimate_s": est, "fits_budget": fits, "reason": reason}
@@ -261,17 +270,33 @@ def choose_protocol(args, cost: SamplerCost, n_images: int, n_windows: int, per_
         est = cost.estimate(n_images, n_windows, g, k, per_batch)
         tried.append({"generations": g, "steps": k, "estimate_s": est})
         if est <= budget:
-            reason = (f"--fit-budget {args.fit_budget:g}: {g} generations x {k} steps, the first of the ladder "
-                      f"that fits ({est / 60:.1f} min estimated, {budget / 60:.1f} min left)")
+            reason = (
+                f"--fit-budget {args.fit_budget:g}: {g} generations x {k} steps, the first of the ladder "
+                f"that fits ({est / 60:.1f} min estimated, {budget / 60:.1f} min left)"
+            )
             if (g, k) != (g0, k0):
                 reason += f"; {g0} x {k0} was estimated at {tried[0]['estimate_s'] / 60:.1f} min"
-            return g, k, {"mode": "fit_budget", "estimate_s": est, "fits_budget": True, "reason": reason,
-                          "ladder_tried": tried}
+            return (
+                g,
+                k,
+                {"mode": "fit_budget", "estimate_s": est, "fits_budget": True, "reason": reason, "ladder_tried": tried},
+            )
     g, k = ladder[-1]
-    reason = (f"--fit-budget {args.fit_budget:g}: nothing on the ladder fits {budget / 60:.1f} min; running the "
-              f"cheapest, {g} x {k} ({tried[-1]['estimate_s'] / 60:.1f} min estimated)")
-    return g, k, {"mode": "fit_budget", "estimate_s": tried[-1]["estimate_s"], "fits_budget": False,
-                  "reason": reason, "ladder_tried": tried}
+    reason = (
+        f"--fit-budget {args.fit_budget:g}: nothing on the ladder fits {budget / 60:.1f} min; running the "
+        f"cheapest, {g} x {k} ({tried[-1]['estimate_s'] / 60:.1f} min estimated)"
+    )
+    return (
+        g,
+        k,
+        {
+            "mode": "fit_budget",
+            "estimate_s": tried[-1]["estimate_s"],
+            "fits_budget": False,
+            "reason": reason,
+            "ladder_tried": tried,
+        },
+    )
 
 
 # -- a reference: the best global grey-level threshold ----------------------------------------------------
@@ -295,8 +320,10 @@ def _threshold_scores(fg: np.ndarray, bg: np.ndarray) -> dict[tuple[str, int], t
     bg_above = np.cumsum(bg[:, ::-1], axis=1)[:, ::-1]
     n_fg = fg.sum(axis=1)
     for t in range(256):
-        for polarity, tp, fp in (("above", fg_above[:, t], bg_above[:, t]),
-                                 ("below", n_fg - fg_above[:, t], bg.sum(axis=1) - bg_above[:, t])):
+        for polarity, tp, fp in (
+            ("above", fg_above[:, t], bg_above[:, t]),
+            ("below", n_fg - fg_above[:, t], bg.sum(axis=1) - bg_above[:, t]),
+        ):
             fn = n_fg - tp
             union, total = tp + fp + fn, 2 * tp + fp + fn
             iou = np.where(union > 0, tp / np.maximum(union, 1), 1.0)
@@ -308,15 +335,19 @@ def _threshold_scores(fg: np.ndarray, bg: np.ndarray) -> dict[tuple[str, int], t
 def threshold_baseline(view: Path) -> dict:
     """The global grey-level threshold (and polarity) with the best mean IoU on the training images,
     applied to the test images: what a segmentation must beat to have learned more than intensity."""
+
     def pairs(split):
         return [(s.image, s.mask) for s in pair_split(view / split)]
 
     train_scores = _threshold_scores(*_grey_hists(pairs("train")))
     (polarity, t), _ = max(train_scores.items(), key=lambda kv: float(kv[1][0].mean()))
     iou, dice = _threshold_scores(*_grey_hists(pairs("test")))[(polarity, t)]
-    return {"dice_percent": 100 * float(dice.mean()), "iou_percent": 100 * float(iou.mean()),
-            "rule": f"foreground where grey (mean of RGB, 0-255) is {'>=' if polarity == 'above' else '<'} {t}",
-            "chosen_on": "the training images (best mean IoU)"}
+    return {
+        "dice_percent": 100 * float(dice.mean()),
+        "iou_percent": 100 * float(iou.mean()),
+        "rule": f"foreground where grey (mean of RGB, 0-255) is {'>=' if polarity == 'above' else '<'} {t}",
+        "chosen_on": "the training images (best mean IoU)",
+    }
 
 
 # -- 6. figures ---------------------------------------------------------------------------------------------
@@ -329,8 +360,7 @@ def test_figure(path: Path, view: Path, pred: Path, stems: list[str], per_image:
     import matplotlib.pyplot as plt
 
     titles = ["image", "ground truth", "probability", "uncertainty (std)", "mask (p >= 0.5)", "errors"]
-    fig, axes = plt.subplots(len(stems), len(titles), figsize=(2.4 * len(titles), 2.5 * len(stems)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(stems), len(titles), figsize=(2.4 * len(titles), 2.5 * len(stems)), squeeze=False)
     for r, stem in enumerate(stems):
         image = read_image(next((view / "test" / "images").glob(f"{stem}.*")))
         gt = read_mask(next((view / "test" / "masks").glob(f"{stem}.*")))
@@ -341,8 +371,14 @@ def test_figure(path: Path, view: Path, pred: Path, stems: list[str], per_image:
         err[mask & gt] = (1, 1, 1)  # true positive: white
         err[mask & ~gt] = (1, 0.2, 0.2)  # false positive: red
         err[~mask & gt] = (0.2, 0.5, 1)  # false negative: blue
-        panels = [(image, {}), (gt, {"cmap": "gray"}), (prob, {"cmap": "jet", "vmin": 0, "vmax": 1}),
-                  (unc, {"cmap": "inferno", "vmin": 0, "vmax": 0.5}), (mask, {"cmap": "gray"}), (err, {})]
+        panels = [
+            (image, {}),
+            (gt, {"cmap": "gray"}),
+            (prob, {"cmap": "jet", "vmin": 0, "vmax": 1}),
+            (unc, {"cmap": "inferno", "vmin": 0, "vmax": 0.5}),
+            (mask, {"cmap": "gray"}),
+            (err, {}),
+        ]
         for c, (p, kw) in enumerate(panels):
             ax = axes[r][c]
             ax.imshow(p, **kw)
@@ -351,8 +387,9 @@ def test_figure(path: Path, view: Path, pred: Path, stems: list[str], per_image:
             if r == 0:
                 ax.set_title(titles[c], fontsize=9)
         s = per_image.get(stem, {})
-        axes[r][0].set_ylabel(f"{stem}\nDice {100 * s.get('f1', float('nan')):.1f} IoU "
-                              f"{100 * s.get('iou', float('nan')):.1f}", fontsize=7)
+        axes[r][0].set_ylabel(
+            f"{stem}\nDice {100 * s.get('f1', float('nan')):.1f} IoU {100 * s.get('iou', float('nan')):.1f}", fontsize=7
+        )
     fig.suptitle("errors: white = true positive, red = false positive, blue = false negative", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -377,10 +414,16 @@ def environment(device: torch.device) -> dict:
     }
     repo = Path(__file__).resolve().parents[1]
     try:  # read-only queries; absent when the tree is not a git checkout
-        env["git_commit"] = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                                           text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        env["git_commit"] = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         env["git_dirty"] = bool(dirty)
     except (OSError, subprocess.SubprocessError):
         env["git_commit"] = None
@@ -399,15 +442,26 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, help="K, sampling steps (default 100 = T; --tiny: 10)")
     p.add_argument("--val-images", type=int, default=4, help="training images held out for validation (4)")
     p.add_argument("--val-every", type=int, help="validate every N steps (default 1000; --tiny: 0 = at the end only)")
-    p.add_argument("--fit-budget", type=float, metavar="MINUTES",
-                   help="choose G x K so that the whole run fits MINUTES (counted from its start)")
-    p.add_argument("--budget-minutes", type=float, default=30.0,
-                   help="the run's budget that the default protocol is checked against (30); report only")
+    p.add_argument(
+        "--fit-budget",
+        type=float,
+        metavar="MINUTES",
+        help="choose G x K so that the whole run fits MINUTES (counted from its start)",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=30.0,
+        help="the run's budget that the default protocol is checked against (30); report only",
+    )
     p.add_argument("--device", help="cuda or cpu (default: cuda when available; --tiny: cpu)")
     p.add_argument("--batch-size", type=int, help="training batch (default 8; --tiny: the tiny preset's 16)")
-    p.add_argument("--batch-generations", type=int,
-                   help="samples per network call at prediction (default: 4 windows x G on CUDA, halved on "
-                        "out-of-memory; 30 on CPU)")
+    p.add_argument(
+        "--batch-generations",
+        type=int,
+        help="samples per network call at prediction (default: 4 windows x G on CUDA, halved on "
+        "out-of-memory; 30 on CPU)",
+    )
     p.add_argument("--num-workers", type=int, default=4, help="data-loader workers for training on CUDA (4)")
     p.add_argument("--max-steps", type=int, help="also stop training after N steps (debugging)")
     p.add_argument("--test-images", type=int, help="predict only the first N test images (debugging)")
@@ -420,9 +474,13 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     tiny = args.tiny
-    defaults = {"train_minutes": 3.0 if tiny else 13.0, "generations": 4 if tiny else PAPER_PROTOCOL[0],
-                "steps": 10 if tiny else PAPER_PROTOCOL[1], "val_every": 0 if tiny else 1000,
-                "device": "cpu" if tiny else ("cuda" if torch.cuda.is_available() else "cpu")}
+    defaults = {
+        "train_minutes": 3.0 if tiny else 13.0,
+        "generations": 4 if tiny else PAPER_PROTOCOL[0],
+        "steps": 10 if tiny else PAPER_PROTOCOL[1],
+        "val_every": 0 if tiny else 1000,
+        "device": "cpu" if tiny else ("cuda" if torch.cuda.is_available() else "cpu"),
+    }
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -437,8 +495,9 @@ def main(argv=None) -> dict:
     run_dir, pred_dir, metrics_dir = out / "run", out / "pred", out / "metrics"
     old = [p for p in (run_dir, pred_dir, metrics_dir, out / "results.json") if p.exists()]
     if old and not args.overwrite:
-        raise UserError(f"{out}: holds a former run ({', '.join(p.name for p in old)}); pass --overwrite "
-                        "or choose another --out")
+        raise UserError(
+            f"{out}: holds a former run ({', '.join(p.name for p in old)}); pass --overwrite or choose another --out"
+        )
     for p in old:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     if args.threads:
@@ -454,11 +513,14 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.allow_tf32 = True
 
     # 1. data view
-    split = build_view(args.data, out, args.val_images, args.seed, args.tiny_crop if args.tiny else None,
-                       args.test_images)
+    split = build_view(
+        args.data, out, args.val_images, args.seed, args.tiny_crop if args.tiny else None, args.test_images
+    )
     view = out / "data"
-    log(f"data view {view}: {len(split['train'])} train, {len(split['val'])} val ({', '.join(split['val'])}), "
-        f"{len(split['test'])} test")
+    log(
+        f"data view {view}: {len(split['train'])} train, {len(split['val'])} val ({', '.join(split['val'])}), "
+        f"{len(split['test'])} test"
+    )
 
     # 2. training
     cfg = make_config(args)
@@ -468,8 +530,10 @@ def main(argv=None) -> dict:
     rows = RunLog(run_dir, enabled=False).rows()
     plot_curves(rows, out / "curves.png")
     train_rows = [r for r in rows if r.get("kind") == "train"]
-    log(f"trained {summary['step']} steps in {summary['elapsed_s'] / 60:.1f} min ({summary['stopped_by']}); "
-        f"best validation {summary['best']}")
+    log(
+        f"trained {summary['step']} steps in {summary['elapsed_s'] / 60:.1f} min ({summary['stopped_by']}); "
+        f"best validation {summary['best']}"
+    )
 
     # 3. sampler cost
     model = SegDiff.load(run_dir, weights="best", device=device)
@@ -490,12 +554,23 @@ def main(argv=None) -> dict:
 
     # 5. prediction
     t0 = time.time()
-    pred = predict_folder(model, view / "test" / "images", pred_dir, batch_images=1, overwrite=True,
-                          progress=not args.quiet, generations=G, steps=K, batch_generations=per_batch,
-                          seed=args.seed)
+    pred = predict_folder(
+        model,
+        view / "test" / "images",
+        pred_dir,
+        batch_images=1,
+        overwrite=True,
+        progress=not args.quiet,
+        generations=G,
+        steps=K,
+        batch_generations=per_batch,
+        seed=args.seed,
+    )
     t_pred = time.time() - t0
-    log(f"predicted {pred['predicted']} test images in {t_pred / 60:.1f} min "
-        f"(estimated {choice['estimate_s'] / 60:.1f} min)")
+    log(
+        f"predicted {pred['predicted']} test images in {t_pred / 60:.1f} min "
+        f"(estimated {choice['estimate_s'] / 60:.1f} min)"
+    )
 
     # 6. evaluation and figures
     scores = evaluate_dirs(pred_dir, view / "test", out=metrics_dir / "summary.json")
@@ -507,8 +582,10 @@ def main(argv=None) -> dict:
     test_figure(out / "figure.png", view, pred_dir, show, per_image)
     shutil.copy(metrics_dir / "summary_reliability.png", out / "reliability.png")
     reference = threshold_baseline(view)
-    log(f"reference, best global grey threshold chosen on train: Dice {reference['dice_percent']:.2f} %, "
-        f"IoU {reference['iou_percent']:.2f} % on the same test images ({reference['rule']})")
+    log(
+        f"reference, best global grey threshold chosen on train: Dice {reference['dice_percent']:.2f} %, "
+        f"IoU {reference['iou_percent']:.2f} % on the same test images ({reference['rule']})"
+    )
 
     best = summary["best"]
     ours = {"dice": 100 * scores["f1"], "iou": 100 * scores["iou"]}
@@ -517,13 +594,16 @@ def main(argv=None) -> dict:
         "benchmark": "MoNuSeg (issue 3)",
         "label": PIPELINE_LABEL if args.tiny else "MoNuSeg test split, the paper's quadrant protocol",
         "test": {
-            "dice_percent": ours["dice"], "iou_percent": ours["iou"],
-            "dice_pooled_percent": 100 * scores["f1_pooled"], "iou_pooled_percent": 100 * scores["iou_pooled"],
-            "boundf_percent": 100 * scores["boundf"], "wcov_paper_percent": 100 * scores["wcov"],
+            "dice_percent": ours["dice"],
+            "iou_percent": ours["iou"],
+            "dice_pooled_percent": 100 * scores["f1_pooled"],
+            "iou_pooled_percent": 100 * scores["iou_pooled"],
+            "boundf_percent": 100 * scores["boundf"],
+            "wcov_paper_percent": 100 * scores["wcov"],
             "calibration": {k: scores["calibration"][k] for k in ("mean", "stderr", "pooled", "ece")},
             "n_images": scores["n_images"],
             "averaging": "per-image Dice (F1) and IoU of the foreground, averaged over the test images "
-                         "(as the paper's tables); pooled: over all test pixels",
+            "(as the paper's tables); pooled: over all test pixels",
             "empty_mask_policy": scores["policy"]["mode"],
         },
         "reference_global_threshold": reference,
@@ -531,42 +611,69 @@ def main(argv=None) -> dict:
             "preset": model.config.preset if not args.tiny else "tiny (pipeline check)",
             "test_images": split["test"],
             "test_resolution": [int(h), int(w)],
-            "test_input": (f"central {args.tiny_crop}x{args.tiny_crop} crop of each 512x512 test image"
-                           if args.tiny else "the full 512x512 test image"),
-            "window": tile, "stride": model.config.data.tile_stride or tile, "windows_per_image": n_windows,
-            "g_per_window": True, "generations": G, "sampling_steps": K, "T": model.config.diffusion.steps,
-            "sampler": opts.sampler, "variance": opts.variance, "clip_x0": opts.clip_x0,
-            "amp": "bf16" if device.type == "cuda" else "fp32", "seed": args.seed,
-            "batch_generations": per_batch, "choice": choice,
+            "test_input": (
+                f"central {args.tiny_crop}x{args.tiny_crop} crop of each 512x512 test image"
+                if args.tiny
+                else "the full 512x512 test image"
+            ),
+            "window": tile,
+            "stride": model.config.data.tile_stride or tile,
+            "windows_per_image": n_windows,
+            "g_per_window": True,
+            "generations": G,
+            "sampling_steps": K,
+            "T": model.config.diffusion.steps,
+            "sampler": opts.sampler,
+            "variance": opts.variance,
+            "clip_x0": opts.clip_x0,
+            "amp": "bf16" if device.type == "cuda" else "fp32",
+            "seed": args.seed,
+            "batch_generations": per_batch,
+            "choice": choice,
             "weights": Path(getattr(model, "weights_file", "")).name,
             "mask": "mean over generations of clamp((x0 + 1) / 2) >= 0.5",
         },
         "training": {
-            "steps": summary["step"], "seconds": summary["elapsed_s"], "minutes_budget": args.train_minutes,
-            "stopped_by": summary["stopped_by"], "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
+            "steps": summary["step"],
+            "seconds": summary["elapsed_s"],
+            "minutes_budget": args.train_minutes,
+            "stopped_by": summary["stopped_by"],
+            "batch_size": cfg.train.batch_size,
+            "lr": cfg.train.lr,
             "steps_per_second": summary["step"] / max(summary["elapsed_s"], 1e-9),
             "final_loss": train_rows[-1]["loss"] if train_rows else None,
-            "best_validation": best, "val_every": cfg.train.val_every,
+            "best_validation": best,
+            "val_every": cfg.train.val_every,
             "validation": f"{len(split['val'])} held-out training images, {cfg.train.val_generations} "
-                          f"generations x {cfg.train.val_steps} steps; the better of raw and EMA weights is kept",
-            "train_images": split["train"], "val_images": split["val"],
-            "crop": cfg.data.augment.crop, "augmentation": asdict(cfg.data.augment),
+            f"generations x {cfg.train.val_steps} steps; the better of raw and EMA weights is kept",
+            "train_images": split["train"],
+            "val_images": split["val"],
+            "crop": cfg.data.augment.crop,
+            "augmentation": asdict(cfg.data.augment),
             "parameters_M": sum(p.numel() for p in model.net.parameters()) / 1e6,
         },
         "sampler_cost": {"seconds_per_call": cost.measured, "probe_steps": cost.probe_steps},
         "seconds": {"train_call": t_train, "predict": t_pred, "total": time.time() - t_start},
         "environment": environment(device),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "files": ["results.json", "curves.png", "figure.png", "reliability.png", "metrics/summary.json",
-                  "metrics/summary_per_image.csv"],
+        "files": [
+            "results.json",
+            "curves.png",
+            "figure.png",
+            "reliability.png",
+            "metrics/summary.json",
+            "metrics/summary_per_image.csv",
+        ],
     }
     if not args.tiny:
         result["paper_table3"] = PAPER_TABLE3
         result["gap_to_paper_segdiff"] = {k: ours[k] - PAPER_TABLE3["SegDiff (paper)"][k] for k in ours}
     result["seconds"]["total"] = time.time() - t_start
     (out / "results.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    log(f"{result['label']}: Dice {ours['dice']:.2f} %, IoU {ours['iou']:.2f} % over {scores['n_images']} test "
-        f"images; total {result['seconds']['total'] / 60:.1f} min -> {out / 'results.json'}")
+    log(
+        f"{result['label']}: Dice {ours['dice']:.2f} %, IoU {ours['iou']:.2f} % over {scores['n_images']} test "
+        f"images; total {result['seconds']['total'] / 60:.1f} min -> {out / 'results.json'}"
+    )
     return result
 
 

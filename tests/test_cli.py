@@ -35,8 +35,21 @@ def trained(tmp_path_factory):
 
 def test_train_predict_evaluate_end_to_end(trained, tmp_path):
     root, data = trained
-    r = _run("predict", "--checkpoint", str(root / "run"), "--input", str(data / "test" / "images"),
-             "--out", str(tmp_path / "pred"), "--generations", "3", "--steps", "2", "--save-generations", "--quiet")
+    r = _run(
+        "predict",
+        "--checkpoint",
+        str(root / "run"),
+        "--input",
+        str(data / "test" / "images"),
+        "--out",
+        str(tmp_path / "pred"),
+        "--generations",
+        "3",
+        "--steps",
+        "2",
+        "--save-generations",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     for stem in ("img00", "img01", "img02"):
         m = read_mask(tmp_path / "pred" / "masks" / f"{stem}.png")
@@ -46,20 +59,44 @@ def test_train_predict_evaluate_end_to_end(trained, tmp_path):
         assert len(list((tmp_path / "pred" / "generations" / stem).glob("*.png"))) == 3
     proto = json.loads((tmp_path / "pred" / "predict.json").read_text())["protocol"]
     assert proto["generations"] == 3 and proto["steps"] == 2
-    r = _run("evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(data / "test"), "--out", str(tmp_path / "e.json"))
+    r = _run(
+        "evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(data / "test"), "--out", str(tmp_path / "e.json")
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "e.json").read_text())
     assert summary["n_images"] == 3 and 0 <= summary["iou"] <= 1
     # a restarted predict skips what is written
-    r = _run("predict", "--checkpoint", str(root / "run"), "--input", str(data / "test" / "images"),
-             "--out", str(tmp_path / "pred"), "--quiet")
+    r = _run(
+        "predict",
+        "--checkpoint",
+        str(root / "run"),
+        "--input",
+        str(data / "test" / "images"),
+        "--out",
+        str(tmp_path / "pred"),
+        "--quiet",
+    )
     assert r.returncode == 0 and "skipped 3" in r.stdout
 
 
 def test_train_cli_tiny_preset_runs_and_resumes(tmp_path):
     data = make_dataset(tmp_path / "data", splits=(("train", 4),), size=32)
-    r = _run("train", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny", "--max-steps", "2",
-             "--batch-size", "2", "--val-every", "0", "--quiet")
+    r = _run(
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--preset",
+        "tiny",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--val-every",
+        "0",
+        "--quiet",
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "run" / "config.json").read_text())["preset"] == "tiny"
     r = _run("train", "--data", str(data), "--out", str(tmp_path / "run"), "--max-steps", "3", "--resume", "--quiet")
@@ -77,34 +114,45 @@ def _assert_user_error(r, *fragments):
 def test_bad_inputs_give_clear_errors(trained, tmp_path):
     root, data = trained
     # missing data folder
-    _assert_user_error(_run("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r1"), "--preset", "tiny"),
-                       "nope", "not found")
+    _assert_user_error(
+        _run("train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r1"), "--preset", "tiny"),
+        "nope",
+        "not found",
+    )
     # unpaired file
     bad = make_dataset(tmp_path / "bad", splits=(("train", 3),))
     (bad / "train" / "masks" / "img02.png").unlink()
-    _assert_user_error(_run("train", "--data", str(bad), "--out", str(tmp_path / "r2"), "--preset", "tiny"),
-                       "img02.png", "no mask")
+    _assert_user_error(
+        _run("train", "--data", str(bad), "--out", str(tmp_path / "r2"), "--preset", "tiny"), "img02.png", "no mask"
+    )
     # non-binary mask
     bad2 = make_dataset(tmp_path / "bad2", splits=(("train", 3),))
     Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(bad2 / "train" / "masks" / "img01.png")
-    _assert_user_error(_run("train", "--data", str(bad2), "--out", str(tmp_path / "r3"), "--preset", "tiny"),
-                       "img01.png", "not binary")
+    _assert_user_error(
+        _run("train", "--data", str(bad2), "--out", str(tmp_path / "r3"), "--preset", "tiny"), "img01.png", "not binary"
+    )
     # unreadable image
     bad3 = make_dataset(tmp_path / "bad3", splits=(("train", 3),))
     (bad3 / "train" / "images" / "img00.png").write_bytes(b"garbage")
-    _assert_user_error(_run("train", "--data", str(bad3), "--out", str(tmp_path / "r4"), "--preset", "tiny"),
-                       "img00.png", "cannot read")
+    _assert_user_error(
+        _run("train", "--data", str(bad3), "--out", str(tmp_path / "r4"), "--preset", "tiny"),
+        "img00.png",
+        "cannot read",
+    )
     # size mismatch
     bad4 = make_dataset(tmp_path / "bad4", splits=(("train", 3),))
     Image.fromarray(np.zeros((9, 9), np.uint8)).save(bad4 / "train" / "masks" / "img01.png")
-    _assert_user_error(_run("train", "--data", str(bad4), "--out", str(tmp_path / "r5"), "--preset", "tiny"),
-                       "img01.png", "same size")
+    _assert_user_error(
+        _run("train", "--data", str(bad4), "--out", str(tmp_path / "r5"), "--preset", "tiny"), "img01.png", "same size"
+    )
     # empty folder
     empty = tmp_path / "empty" / "train"
     (empty / "images").mkdir(parents=True)
     (empty / "masks").mkdir()
-    _assert_user_error(_run("train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r6"), "--preset", "tiny"),
-                       "no image files")
+    _assert_user_error(
+        _run("train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "r6"), "--preset", "tiny"),
+        "no image files",
+    )
     # a checkpoint from another configuration; the run folder is left as it was
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -114,16 +162,33 @@ def test_bad_inputs_give_clear_errors(trained, tmp_path):
     cfg["model"]["model_channels"] = 8
     (ckpt / "config.json").write_text(json.dumps(cfg))
     before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
-    _assert_user_error(_run("predict", "--checkpoint", str(ckpt), "--input", str(data / "test" / "images"),
-                            "--out", str(tmp_path / "p"), "--weights", "raw"), "another configuration")
+    _assert_user_error(
+        _run(
+            "predict",
+            "--checkpoint",
+            str(ckpt),
+            "--input",
+            str(data / "test" / "images"),
+            "--out",
+            str(tmp_path / "p"),
+            "--weights",
+            "raw",
+        ),
+        "another configuration",
+    )
     assert before == {p.name: p.read_bytes() for p in ckpt.iterdir()}
     # not a run folder
-    _assert_user_error(_run("predict", "--checkpoint", str(data), "--input", str(data / "test" / "images"),
-                            "--out", str(tmp_path / "p")), "config.json not found")
+    _assert_user_error(
+        _run(
+            "predict", "--checkpoint", str(data), "--input", str(data / "test" / "images"), "--out", str(tmp_path / "p")
+        ),
+        "config.json not found",
+    )
     # an existing run is not overwritten
     stamp = (root / "run" / "model.safetensors").read_bytes()
-    _assert_user_error(_run("train", "--data", str(data), "--out", str(root / "run"), "--preset", "tiny"),
-                       "already holds a run")
+    _assert_user_error(
+        _run("train", "--data", str(data), "--out", str(root / "run"), "--preset", "tiny"), "already holds a run"
+    )
     assert (root / "run" / "model.safetensors").read_bytes() == stamp
 
 

@@ -81,9 +81,7 @@ def test_evaluate_predict_layout_matches_metric_functions(folders, tmp_path):
     assert s["policy"]["mode"] == "default" and s["warnings"] == []
 
     on_disk = json.loads(out.read_text())
-    assert on_disk["iou"] == pytest.approx(s["iou"]) and on_disk["calibration"]["ece"] == pytest.approx(
-        ref["ece"]
-    )
+    assert on_disk["iou"] == pytest.approx(s["iou"]) and on_disk["calibration"]["ece"] == pytest.approx(ref["ece"])
     with open(tmp_path / "results" / "summary_per_image.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["stem"] for r in rows] == ["a", "b", "c"]

@@ -220,9 +220,7 @@ def _cityscapes_src(root):
         gt_dir = root / "gtFine" / split / city
         img_dir.mkdir(parents=True)
         gt_dir.mkdir(parents=True)
-        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(
-            img_dir / f"{prefix}_leftImg8bit.png"
-        )
+        Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(img_dir / f"{prefix}_leftImg8bit.png")
         Image.fromarray(_instance_ids(shift)).save(gt_dir / f"{prefix}_gtFine_instanceIds.png")
     return root
 
@@ -259,9 +257,7 @@ def test_cityscapes_tight(tmp_path):
 
 def test_cityscapes_expansion_larger_and_seeded(tmp_path):
     src = _cityscapes_src(tmp_path / "cs")
-    prepare_cityscapes(
-        src, tmp_path / "tight", protocol="tight", classes=["car"], min_area=100, input_size=16
-    )
+    prepare_cityscapes(src, tmp_path / "tight", protocol="tight", classes=["car"], min_area=100, input_size=16)
     prepare_cityscapes(src, tmp_path / "exp", protocol="expansion", classes="car", min_area=10, input_size=16)
     tight, exp = (
         _boxes(tmp_path / "tight" / "car" / "boxes.csv"),

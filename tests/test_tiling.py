@@ -141,8 +141,9 @@ def test_overlapping_windows_are_blended_averages():
     crops = torch.cat([norm[..., y : y + TILE, xx : xx + TILE] for y, xx in starts])
     per = sample_x0(model.net, model.schedule, crops, [("img", "window", i) for i in range(9)], opts)
     # the centre pixel block [8, 16) x [8, 16) lies in the four windows starting at 0 and 8 in both axes
-    expect = torch.stack([per[i][:, 8 - y : 16 - y, 8 - xx : 16 - xx] for i, (y, xx) in enumerate(starts)
-                          if y <= 8 and xx <= 8]).mean(0)
+    expect = torch.stack(
+        [per[i][:, 8 - y : 16 - y, 8 - xx : 16 - xx] for i, (y, xx) in enumerate(starts) if y <= 8 and xx <= 8]
+    ).mean(0)
     _close(full[:, 8:16, 8:16], expect)
     # a corner block is covered by one window only
     _close(full[:, :8, :8], per[0][:, :8, :8])

@@ -49,7 +49,9 @@ def _weights(run):
 
 
 def _losses(run):
-    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
+    return [
+        r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"
+    ]
 
 
 def test_exact_resume_is_bitwise(tiny_data, tmp_path):

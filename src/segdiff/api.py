@@ -1,8 +1,8 @@
 """The Python API: `SegDiff` holds a configured model and its schedule.
 
-    model = SegDiff.load("runs/my-run")
-    out = model.predict(image, generations=30, steps=100)   # image: [H, W, 3] in [0, 1], or [B, 3, H, W]
-    out.mask, out.prob, out.uncertainty                     # [B, H, W]
+model = SegDiff.load("runs/my-run")
+out = model.predict(image, generations=30, steps=100)   # image: [H, W, 3] in [0, 1], or [B, 3, H, W]
+out.mask, out.prob, out.uncertainty                     # [B, H, W]
 """
 
 from __future__ import annotations
@@ -68,8 +68,14 @@ class SegDiff:
         return image.to(self.device, torch.float32)
 
     # -- training -------------------------------------------------------------------------------
-    def loss(self, image, mask, t: torch.Tensor | None = None, eps: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(
+        self,
+        image,
+        mask,
+        t: torch.Tensor | None = None,
+        eps: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Eq. 18 for a batch: image [B, 3, H, W] in [0, 1], mask [B, 1, H, W] (or [B, H, W]) binary."""
         image = self._as_batch(image)
         mask = torch.as_tensor(mask, device=self.device).float()
@@ -88,8 +94,12 @@ class SegDiff:
     def sampling_options(self, **overrides) -> SamplingOptions:
         p, d = self.config.predict, self.config.diffusion
         opts = SamplingOptions(
-            generations=p.generations, steps=p.steps, sampler=p.sampler, variance=d.variance,
-            clip_x0=d.clip_x0, batch_generations=p.batch_generations,
+            generations=p.generations,
+            steps=p.steps,
+            sampler=p.sampler,
+            variance=d.variance,
+            clip_x0=d.clip_x0,
+            batch_generations=p.batch_generations,
         )
         return replace(opts, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -126,8 +136,17 @@ class SegDiff:
         x0 = sample_x0(self.net, self.schedule, crops, wkeys, opts)  # [n, G, tile, tile]
         return stitch(x0, starts, h, w, blend_weight(tile, blend))[..., :H, :W]
 
-    def predict(self, image, generations: int | None = None, steps: int | None = None, sampler: str | None = None,
-                seed: int = 0, keys: list | None = None, return_samples: bool = False, **options) -> Prediction:
+    def predict(
+        self,
+        image,
+        generations: int | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        keys: list | None = None,
+        return_samples: bool = False,
+        **options,
+    ) -> Prediction:
         """Multiple generations (paper 4.1) -> Prediction with tensors on the CPU.
 
         image: [H, W, 3] array or [3, H, W] / [B, 3, H, W] tensor in [0, 1]. Defaults come from the
@@ -164,4 +183,6 @@ class SegDiff:
                 load_into(model.net, state, path)
                 model.weights_file = path
                 return model
-        raise CheckpointError(f"{directory}: no weights ({', '.join(WEIGHT_FILES[n] for n in order)}) in this run folder")
+        raise CheckpointError(
+            f"{directory}: no weights ({', '.join(WEIGHT_FILES[n] for n in order)}) in this run folder"
+        )

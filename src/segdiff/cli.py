@@ -39,13 +39,27 @@ def _predict(args) -> int:
 
     model = SegDiff.load(args.checkpoint, weights=args.weights, device=args.device)
     summary = predict_folder(
-        model, args.input, args.out, batch_images=args.batch_images, save_generations=args.save_generations,
-        num_parts=args.num_parts, part_id=args.part_id, overwrite=args.overwrite, progress=not args.quiet,
-        generations=args.generations, steps=args.steps, sampler=args.sampler, variance=args.variance,
-        eta=args.eta, seed=args.seed, batch_generations=args.batch_generations,
+        model,
+        args.input,
+        args.out,
+        batch_images=args.batch_images,
+        save_generations=args.save_generations,
+        num_parts=args.num_parts,
+        part_id=args.part_id,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        generations=args.generations,
+        steps=args.steps,
+        sampler=args.sampler,
+        variance=args.variance,
+        eta=args.eta,
+        seed=args.seed,
+        batch_generations=args.batch_generations,
     )
-    print(f"predicted {summary['predicted']} image(s), skipped {summary['skipped']} already written, "
-          f"{summary['seconds_per_image']:.2f} s/image -> {args.out}")
+    print(
+        f"predicted {summary['predicted']} image(s), skipped {summary['skipped']} already written, "
+        f"{summary['seconds_per_image']:.2f} s/image -> {args.out}"
+    )
     return 0
 
 

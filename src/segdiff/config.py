@@ -161,8 +161,7 @@ def _from_dict(cls: type, d: dict[str, Any], source: str):
 
 
 _DATACLASSES = {
-    c.__name__: c
-    for c in (ModelConfig, DiffusionConfig, AugmentConfig, DataConfig, TrainConfig, PredictConfig)
+    c.__name__: c for c in (ModelConfig, DiffusionConfig, AugmentConfig, DataConfig, TrainConfig, PredictConfig)
 }
 
 
@@ -174,8 +173,14 @@ def _vaihingen() -> RunConfig:
             size=256,
             predict_mode="resize",
             augment=AugmentConfig(
-                scale=(0.75, 1.5), rotate=180.0, hflip=True, vflip=True,
-                brightness=0.6, contrast=0.5, saturation=0.4, hue=0.025,
+                scale=(0.75, 1.5),
+                rotate=180.0,
+                hflip=True,
+                vflip=True,
+                brightness=0.6,
+                contrast=0.5,
+                saturation=0.4,
+                hue=0.025,
             ),
         ),
         train=TrainConfig(batch_size=8, num_workers=4),
@@ -190,8 +195,15 @@ def _monuseg() -> RunConfig:
             size=256,
             predict_mode="tile",  # the paper's protocol: 256 x 256 windows with stride 256 at 512
             augment=AugmentConfig(
-                crop=256, scale=(0.75, 1.25), rotate=22.0, hflip=True, vflip=True,
-                brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1,
+                crop=256,
+                scale=(0.75, 1.25),
+                rotate=22.0,
+                hflip=True,
+                vflip=True,
+                brightness=0.4,
+                contrast=0.4,
+                saturation=0.4,
+                hue=0.1,
             ),
         ),
         train=TrainConfig(batch_size=8, num_workers=4),
@@ -216,14 +228,29 @@ def _tiny() -> RunConfig:
     return RunConfig(
         preset="tiny",
         model=ModelConfig(
-            model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_ds=(4,),
-            num_heads=4, norm_groups=8, rrdb_blocks=1, rrdb_nf=16, rrdb_gc=8,
+            model_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_ds=(4,),
+            num_heads=4,
+            norm_groups=8,
+            rrdb_blocks=1,
+            rrdb_nf=16,
+            rrdb_gc=8,
         ),
         diffusion=DiffusionConfig(steps=100),
         data=DataConfig(size=32, predict_mode="pad", augment=AugmentConfig(hflip=True, vflip=True)),
         train=TrainConfig(
-            batch_size=16, lr=1e-3, ema_rate=0.999, warmup_steps=50, max_steps=1200,
-            log_every=50, val_every=400, save_every=400, val_generations=4, val_steps=20,
+            batch_size=16,
+            lr=1e-3,
+            ema_rate=0.999,
+            warmup_steps=50,
+            max_steps=1200,
+            log_every=50,
+            val_every=400,
+            save_every=400,
+            val_generations=4,
+            val_steps=20,
         ),
         predict=PredictConfig(generations=8, steps=20),
     )

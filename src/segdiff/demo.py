@@ -29,7 +29,9 @@ def synthetic_pair(g: torch.Generator, size: int = 32) -> tuple[np.ndarray, np.n
     Foreground: 1-3 random ellipses filled with stripes of period 3-5 px at a random angle.
     Background: smooth random texture over the same intensity range. A global tint varies per image.
     """
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
     mask = torch.zeros(size, size, dtype=torch.bool)
     for _ in range(int(torch.randint(1, 4, (), generator=g))):
         cy, cx = (torch.rand(2, generator=g) * (size - 12) + 6).tolist()
@@ -51,7 +53,9 @@ def synthetic_pair(g: torch.Generator, size: int = 32) -> tuple[np.ndarray, np.n
     return to_u8(image.numpy()), mask.numpy()
 
 
-def make_dataset(root: Path, n_train: int = 160, n_val: int = 16, n_test: int = 32, size: int = 32, seed: int = 0) -> Path:
+def make_dataset(
+    root: Path, n_train: int = 160, n_val: int = 16, n_test: int = 32, size: int = 32, seed: int = 0
+) -> Path:
     root = Path(root)
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         (root / split / "images").mkdir(parents=True, exist_ok=True)
@@ -108,9 +112,15 @@ def figure(path: Path, image, samples, prob, unc, gt, n_show: int = 4) -> None:
     plt.close(fig)
 
 
-def run_demo(out: str | Path = "segdiff-demo", max_steps: int | None = None, max_minutes: float | None = 7.0,
-             generations: int | None = None,
-             steps: int | None = None, progress: bool = True, device: str | None = None) -> dict:
+def run_demo(
+    out: str | Path = "segdiff-demo",
+    max_steps: int | None = None,
+    max_minutes: float | None = 7.0,
+    generations: int | None = None,
+    steps: int | None = None,
+    progress: bool = True,
+    device: str | None = None,
+) -> dict:
     from .api import SegDiff
     from .predict.run import predict_folder
     from .train.loop import train
@@ -140,8 +150,9 @@ def run_demo(out: str | Path = "segdiff-demo", max_steps: int | None = None, max
         import shutil
 
         shutil.rmtree(pred_dir)
-    pred = predict_folder(model, data / "test" / "images", pred_dir, batch_images=32, generations=gens, steps=k,
-                          progress=progress)
+    pred = predict_folder(
+        model, data / "test" / "images", pred_dir, batch_images=32, generations=gens, steps=k, progress=progress
+    )
 
     from .metrics.evaluate import evaluate_dirs
 
@@ -152,18 +163,32 @@ def run_demo(out: str | Path = "segdiff-demo", max_steps: int | None = None, max
     thr_iou, thr = best_threshold_iou(images, masks)
 
     show = stems[:4]
-    vis = model.predict(torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images[:4]]), keys=show,
-                        generations=gens, steps=k, return_samples=True)
+    vis = model.predict(
+        torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images[:4]]),
+        keys=show,
+        generations=gens,
+        steps=k,
+        return_samples=True,
+    )
     figure(out / "figure.png", images[:4], vis.samples.numpy(), vis.prob.numpy(), vis.uncertainty.numpy(), masks[:4])
 
     report = {
         "protocol": {
             "data": "synthetic: striped ellipses (foreground) on smooth texture of the same intensity range, 32x32",
-            "train_images": 160, "val_images": 16, "test_images": len(stems), "preset": "tiny",
-            "training_steps": train_summary["step"], "stopped_by": train_summary["stopped_by"], "batch_size": model.config.train.batch_size,
-            "weights": Path(getattr(model, "weights_file", "")).name, "generations": gens, "sampling_steps": k,
-            "T": model.config.diffusion.steps, "sampler": model.config.predict.sampler,
-            "variance": model.config.diffusion.variance, "device": str(model.device),
+            "train_images": 160,
+            "val_images": 16,
+            "test_images": len(stems),
+            "preset": "tiny",
+            "training_steps": train_summary["step"],
+            "stopped_by": train_summary["stopped_by"],
+            "batch_size": model.config.train.batch_size,
+            "weights": Path(getattr(model, "weights_file", "")).name,
+            "generations": gens,
+            "sampling_steps": k,
+            "T": model.config.diffusion.steps,
+            "sampler": model.config.predict.sampler,
+            "variance": model.config.diffusion.variance,
+            "device": str(model.device),
             "threads": torch.get_num_threads(),
         },
         "test": {"iou": metrics["iou"], "f1": metrics["f1"]},

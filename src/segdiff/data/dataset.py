@@ -149,5 +149,3 @@ def write_split(path: Path, splits: Splits) -> None:
     from ..train.checkpoint import atomic_write_text
 
     atomic_write_text(path, json.dumps(splits.to_json(), indent=2) + "\n")
-
-

@@ -95,7 +95,10 @@ def dpm_solver_pp(eps_fn: EpsFn, x_T: torch.Tensor, sched: Schedule, noise, clip
         else:
             r = h_prev / h
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
-        x = float(sig[i - 1] / sig[i]) * x - float(alpha[i - 1] * torch.expm1(torch.tensor(-h, dtype=torch.float64))) * d
+        x = (
+            float(sig[i - 1] / sig[i]) * x
+            - float(alpha[i - 1] * torch.expm1(torch.tensor(-h, dtype=torch.float64))) * d
+        )
         x0_prev, h_prev = x0, h
     return x
 

@@ -40,9 +40,7 @@ def seg2bmap(seg: np.ndarray) -> np.ndarray:
     """
     seg = as_mask(seg, "seg")
     b = np.zeros_like(seg)
-    b[:-1, :-1] = (
-        (seg[:-1, :-1] ^ seg[:-1, 1:]) | (seg[:-1, :-1] ^ seg[1:, :-1]) | (seg[:-1, :-1] ^ seg[1:, 1:])
-    )
+    b[:-1, :-1] = (seg[:-1, :-1] ^ seg[:-1, 1:]) | (seg[:-1, :-1] ^ seg[1:, :-1]) | (seg[:-1, :-1] ^ seg[1:, 1:])
     b[-1, :-1] = seg[-1, :-1] ^ seg[-1, 1:]
     b[:-1, -1] = seg[:-1, -1] ^ seg[1:, -1]
     return b

@@ -67,9 +67,7 @@ class BinStats:
         )
 
     def __add__(self, other: BinStats) -> BinStats:
-        return BinStats(
-            self.count + other.count, self.sum_prob + other.sum_prob, self.sum_pos + other.sum_pos
-        )
+        return BinStats(self.count + other.count, self.sum_prob + other.sum_prob, self.sum_pos + other.sum_pos)
 
     @property
     def n_bins(self) -> int:

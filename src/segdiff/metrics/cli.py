@@ -58,8 +58,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, return the exit status (0). UserError propagates to the top-level CLI."""
-    summary = evaluate_dirs(
-        pred=args.pred, gt=args.gt, prob=args.prob, out=args.out, paper_compat=args.paper_compat
-    )
+    summary = evaluate_dirs(pred=args.pred, gt=args.gt, prob=args.prob, out=args.out, paper_compat=args.paper_compat)
     print(format_table(summary))
     return 0

@@ -117,16 +117,12 @@ def _check_paired(files: dict[str, Path], other: dict[str, Path], other_what: st
     unpaired = sorted(set(files) - set(other))
     if unpaired:
         more = f" ({len(unpaired)} files unpaired)" if len(unpaired) > 1 else ""
-        raise DataError(
-            f"{files[unpaired[0]]}: no {other_what} with stem '{unpaired[0]}' in {other_dir}{more}"
-        )
+        raise DataError(f"{files[unpaired[0]]}: no {other_what} with stem '{unpaired[0]}' in {other_dir}{more}")
 
 
 def _check_size(a: np.ndarray, a_path: Path, b: np.ndarray, b_path: Path) -> None:
     if a.shape != b.shape:
-        raise DataError(
-            f"{a_path}: size {a.shape[1]}x{a.shape[0]} differs from {b_path} ({b.shape[1]}x{b.shape[0]})"
-        )
+        raise DataError(f"{a_path}: size {a.shape[1]}x{a.shape[0]} differs from {b_path} ({b.shape[1]}x{b.shape[0]})")
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -172,9 +168,7 @@ def score_pair(pred: np.ndarray, gt: np.ndarray, paper_compat: bool = False) -> 
     }
 
 
-def summarize(
-    rows: list[dict], paper_compat: bool = False, calibration: CalibrationAccumulator | None = None
-) -> dict:
+def summarize(rows: list[dict], paper_compat: bool = False, calibration: CalibrationAccumulator | None = None) -> dict:
     """Dataset summary from `score_pair` rows (each with a "stem"): per-image means, pooled IoU/F1,
     BoundF per tolerance, counts, policy and warnings; calibration from the accumulator, if any."""
     if not rows:
@@ -319,9 +313,7 @@ def format_table(summary: dict) -> str:
     row("IoU, pooled over pixels", f"{100 * summary['iou_pooled']:6.2f} %")
     cal = summary.get("calibration")
     if cal:
-        row(
-            "Calibration score, mean +- s.e.", f"{cal['mean']:8.5f} +- {cal['stderr']:.5f}  (lower is better)"
-        )
+        row("Calibration score, mean +- s.e.", f"{cal['mean']:8.5f} +- {cal['stderr']:.5f}  (lower is better)")
         row("Calibration score, pooled bins", f"{cal['pooled']:8.5f}")
         row("ECE, pooled bins", f"{cal['ece']:8.5f}")
     for w in summary.get("warnings", []):

@@ -61,8 +61,10 @@ def resize_to_gt(pred: Path, gt: Path, out: Path, prob: Path | None = None) -> d
     unc_files = list_prob_files(unc_dir) if unc_dir.is_dir() else {}
     missing = sorted(set(gt_files) - set(pred_files))
     if missing:
-        raise DataError(f"{gt_files[missing[0]]}: no predicted mask with stem '{missing[0]}' in {mask_dir}"
-                        + (f" ({len(missing)} missing)" if len(missing) > 1 else ""))
+        raise DataError(
+            f"{gt_files[missing[0]]}: no predicted mask with stem '{missing[0]}' in {mask_dir}"
+            + (f" ({len(missing)} missing)" if len(missing) > 1 else "")
+        )
     for sub in ("masks", "prob", "uncertainty"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     resized, from_prob = 0, 0
@@ -82,11 +84,15 @@ def resize_to_gt(pred: Path, gt: Path, out: Path, prob: Path | None = None) -> d
         resized += read_mask(pred_files[stem]).shape != hw
         write_mask(out / "masks" / f"{stem}.png", mask)
     summary = {
-        "images": len(gt_files), "resized": resized, "masks_from_probability": from_prob,
-        "pred": str(mask_dir), "prob": None if prob_dir is None else str(prob_dir), "gt": str(resolve_gt(Path(gt))),
+        "images": len(gt_files),
+        "resized": resized,
+        "masks_from_probability": from_prob,
+        "pred": str(mask_dir),
+        "prob": None if prob_dir is None else str(prob_dir),
+        "gt": str(resolve_gt(Path(gt))),
         "out": str(out),
         "method": "probability bilinear (antialiased when shrinking) to the ground truth's size, then >= 0.5; "
-                  "without probability: the mask by area averaging and >= 0.5",
+        "without probability: the mask by area averaging and >= 0.5",
     }
     (out / "resize.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

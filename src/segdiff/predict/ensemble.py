@@ -49,9 +49,7 @@ def noise_keys(image_keys: list, generations: int, seed: int) -> list[list[tuple
 
 
 @torch.no_grad()
-def sample_x0(
-    net, sched: Schedule, image: torch.Tensor, keys: list, opts: SamplingOptions
-) -> torch.Tensor:
+def sample_x0(net, sched: Schedule, image: torch.Tensor, keys: list, opts: SamplingOptions) -> torch.Tensor:
     """x0 of every generation for a batch of normalised images.
 
     image: [B, 3, H, W] (H, W multiples of the network stride); keys: one key per image (an int, a str or

@@ -65,7 +65,11 @@ def predict_folder(
         pred = model.predict(batch, keys=[p.stem for p, _ in items], return_samples=save_generations, **vars(opts))
         for j, (p, _) in enumerate(items):
             write_prediction(
-                out, p.stem, pred.mask[j].numpy(), pred.prob[j].numpy(), pred.uncertainty[j].numpy(),
+                out,
+                p.stem,
+                pred.mask[j].numpy(),
+                pred.prob[j].numpy(),
+                pred.uncertainty[j].numpy(),
                 pred.samples[j].numpy() if save_generations else None,
             )
         bar.update(len(items))
@@ -81,11 +85,17 @@ def predict_folder(
     bar.close()
     seconds = time.time() - t0
     summary = {
-        "images": len(mine), "predicted": len(todo), "skipped": len(mine) - len(todo),
-        "part": [part_id, num_parts], "seconds": seconds,
-        "seconds_per_image": seconds / max(len(todo), 1), "device": str(model.device),
-        "weights": str(getattr(model, "weights_file", "")), "protocol": asdict(opts),
-        "predict_mode": model.config.data.predict_mode, "size": model.config.data.size,
+        "images": len(mine),
+        "predicted": len(todo),
+        "skipped": len(mine) - len(todo),
+        "part": [part_id, num_parts],
+        "seconds": seconds,
+        "seconds_per_image": seconds / max(len(todo), 1),
+        "device": str(model.device),
+        "weights": str(getattr(model, "weights_file", "")),
+        "protocol": asdict(opts),
+        "predict_mode": model.config.data.predict_mode,
+        "size": model.config.data.size,
     }
     name = "predict.json" if num_parts == 1 else f"predict.part{part_id}of{num_parts}.json"
     (out / name).write_text(json.dumps(summary, indent=2) + "\n")

@@ -78,7 +78,10 @@ def load_into(module: torch.nn.Module, state: dict[str, torch.Tensor], source: P
     bad = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or bad:
         detail = (
-            f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+            f"missing {missing[:3]}"
+            if missing
+            else f"unexpected {unexpected[:3]}"
+            if unexpected
             else f"shape of {bad[0]}: file {tuple(state[bad[0]].shape)} vs config {tuple(own[bad[0]].shape)}"
         )
         raise CheckpointError(

@@ -15,7 +15,8 @@ class RunLog:
         self.jsonl, self.txt = self.run / "metrics.jsonl", self.run / "log.txt"
         if enabled and resume_step is not None and self.jsonl.is_file():
             kept = [
-                line for line in self.jsonl.read_text().splitlines()
+                line
+                for line in self.jsonl.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= resume_step
             ]
             self.jsonl.write_text("".join(line + "\n" for line in kept))

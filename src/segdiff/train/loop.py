@@ -24,6 +24,7 @@ from ..config import RunConfig
 from ..data.dataset import StepDataset, TrainBatches, channel_stats, load_pair, make_splits, write_split
 from ..diffusion import training_loss
 from ..errors import CheckpointError, UserError
+from ..metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
 from .checkpoint import atomic_write_text, load_into, read_train_state, read_weights, state_dict_cpu, write_files
 from .distributed import (
     DistInfo,
@@ -58,14 +59,6 @@ def _lr(cfg, step: int) -> float:
     return cfg.lr
 
 
-def _iou(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
-    """Foreground IoU and F1 of bool [H, W] masks; both empty counts as 1 (see docs/metrics.md)."""
-    inter = float((pred & gt).sum())
-    union = float((pred | gt).sum())
-    total = float(pred.sum() + gt.sum())
-    return (inter / union if union else 1.0), (2 * inter / total if total else 1.0)
-
-
 @torch.no_grad()
 def validate(model: SegDiff, net: nn.Module, val_pairs, cfg: RunConfig, info: DistInfo) -> dict[str, float]:
     """Foreground IoU and F1 on this rank's share of the val images, summed over ranks."""
@@ -78,8 +71,9 @@ def validate(model: SegDiff, net: nn.Module, val_pairs, cfg: RunConfig, info: Di
         sums = [0.0, 0.0, 0.0]
         for i in range(info.rank, len(val_pairs), info.world):
             image, mask = val_pairs[i]
-            pred = model.predict(image, keys=[("val", i)], **vars(opts)).mask[0]
-            iou, f1 = _iou(pred, mask[0] > 0.5)
+            pred = model.predict(image, keys=[("val", i)], **vars(opts)).mask[0].numpy()
+            c = confusion(pred, mask[0].numpy() > 0.5)
+            iou, f1 = iou_from_confusion(c), f1_from_confusion(c)
             sums = [sums[0] + iou, sums[1] + f1, sums[2] + 1]
         iou, f1, n = all_reduce_sum(sums, model.device, info)
     finally:
@@ -147,8 +141,10 @@ def train(
     barrier(info)
 
     log = RunLog(out, info.main, step if resume else None)
-    log.text(f"{'resumed at step ' + str(step) if resume else 'started'}: data {data}, preset {config.preset}, "
-             f"device {model.device}, {info.world} process(es), val: {splits.val_source} ({len(splits.val)})")
+    log.text(
+        f"{'resumed at step ' + str(step) if resume else 'started'}: data {data}, preset {config.preset}, "
+        f"device {model.device}, {info.world} process(es), val: {splits.val_source} ({len(splits.val)})"
+    )
 
     loss_mod = LossModule(model)
     ddp = loss_mod
@@ -159,8 +155,11 @@ def train(
     start, stop = info.rank * per_rank, (info.rank + 1) * per_rank
     loader = torch.utils.data.DataLoader(
         StepDataset(batches, step, tc.max_steps, tc.batch_size, start, stop),
-        batch_size=None, shuffle=False, num_workers=tc.num_workers,
-        persistent_workers=False, pin_memory=model.device.type == "cuda",
+        batch_size=None,
+        shuffle=False,
+        num_workers=tc.num_workers,
+        persistent_workers=False,
+        pin_memory=model.device.type == "cuda",
         generator=torch.Generator(),  # the iterator draws a base seed: not from the global RNG (dropout)
     )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else None
@@ -171,14 +170,23 @@ def train(
             rng_state = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng_state["cuda"] = torch.cuda.get_rng_state_all()
-            write_files({
-                out / "model.safetensors": (state_dict_cpu(model.net), meta),
-                out / "ema.safetensors": (state_dict_cpu(ema.model), meta),
-                out / "train_state.pt": ({
-                    "step": step, "elapsed": elapsed, "best": best, "optimizer": opt.state_dict(),
-                    "rng": rng_state, "world": info.world,
-                }, {}),
-            })
+            write_files(
+                {
+                    out / "model.safetensors": (state_dict_cpu(model.net), meta),
+                    out / "ema.safetensors": (state_dict_cpu(ema.model), meta),
+                    out / "train_state.pt": (
+                        {
+                            "step": step,
+                            "elapsed": elapsed,
+                            "best": best,
+                            "optimizer": opt.state_dict(),
+                            "rng": rng_state,
+                            "world": info.world,
+                        },
+                        {},
+                    ),
+                }
+            )
             plot_curves(log.rows(), out / "curves.png")
         barrier(info)
 
@@ -186,8 +194,10 @@ def train(
         nonlocal best
         if not val_pairs:
             return
-        scores = {name: validate(model, net, val_pairs, config, info) for name, net in
-                  (("raw", model.net), ("ema", ema.model))}
+        scores = {
+            name: validate(model, net, val_pairs, config, info)
+            for name, net in (("raw", model.net), ("ema", ema.model))
+        }
         row = {"kind": "val", "step": step, **{f"{k}_{m}": v[m] for k, v in scores.items() for m in ("iou", "f1")}}
         log.record(**row)
         which = max(scores, key=lambda k: scores[k]["iou"])
@@ -197,8 +207,10 @@ def train(
                 net = model.net if which == "raw" else ema.model
                 write_files({out / "best.safetensors": (state_dict_cpu(net), {"step": step, "weights": which})})
                 atomic_write_text(out / "best.json", json.dumps(best, indent=2) + "\n")
-        log.text(f"step {step}: val IoU raw {scores['raw']['iou']:.4f} ema {scores['ema']['iou']:.4f} "
-                 f"(best {best['iou']:.4f} {best.get('weights')} @ {best.get('step')})")
+        log.text(
+            f"step {step}: val IoU raw {scores['raw']['iou']:.4f} ema {scores['ema']['iou']:.4f} "
+            f"(best {best['iou']:.4f} {best.get('weights')} @ {best.get('step')})"
+        )
 
     t0, losses, last_log = time.time() - elapsed, [], time.time()
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and info.main), desc="train", unit="step")
@@ -233,8 +245,14 @@ def train(
                 if not math.isfinite(mean_loss):
                     raise UserError(f"loss became {mean_loss} at step {step}; lower --lr or check the data")
                 now = time.time()
-                log.record(kind="train", step=step, loss=mean_loss, lr=_lr(tc, step - 1),
-                           steps_per_s=len(losses) / max(now - last_log, 1e-9), elapsed_s=now - t0)
+                log.record(
+                    kind="train",
+                    step=step,
+                    loss=mean_loss,
+                    lr=_lr(tc, step - 1),
+                    steps_per_s=len(losses) / max(now - last_log, 1e-9),
+                    elapsed_s=now - t0,
+                )
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
                 losses, last_log = [], now
             elapsed = time.time() - t0

@@ -44,9 +44,7 @@ def prepare_output_dir(out: Path, src: Path, owned: Iterable[str], overwrite: bo
         raise UserError(f"{out}: the output path is a file; pass a folder for --out")
     out_r, src_r = out.resolve(), src.resolve()
     if out_r == src_r or out_r in src_r.parents:
-        raise UserError(
-            f"{out}: the output folder contains the source folder {src}; choose an --out outside it"
-        )
+        raise UserError(f"{out}: the output folder contains the source folder {src}; choose an --out outside it")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError(

@@ -268,8 +268,7 @@ def prepare_cityscapes(
         "expansion": (
             "none (tight box)"
             if protocol == "tight"
-            else f"test x{TEST_EXPANSION}; train x U{list(TRAIN_EXPANSION)} per instance, "
-            "keyed by (seed, stem)"
+            else f"test x{TEST_EXPANSION}; train x U{list(TRAIN_EXPANSION)} per instance, keyed by (seed, stem)"
         ),
         "split_map": SPLITS,
         "image_resize": "crop -> input_size x input_size, PIL bilinear",

@@ -32,9 +32,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", choices=DATASETS, help="one of: " + ", ".join(DATASETS))
     p.add_argument("--src", type=Path, required=True, metavar="DIR", help="the unpacked official release")
     p.add_argument("--out", type=Path, required=True, metavar="ROOT", help="output folder (new or empty)")
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace what a previous prepare run wrote in ROOT"
-    )
+    p.add_argument("--overwrite", action="store_true", help="replace what a previous prepare run wrote in ROOT")
     p.add_argument(
         "--size",
         type=int,

@@ -143,12 +143,8 @@ def find_monuseg(src: Path) -> list[MonusegItem]:
     if not src.is_dir():
         raise DataError(f"{src}: source folder not found; pass the folder that holds the MoNuSeg release")
     dirs = _dirs_below(src, SEARCH_DEPTH)
-    train_roots = [
-        d for d in dirs if any((d / t).is_dir() for t in TISSUE_DIRS) or (d / "Annotations").is_dir()
-    ]
-    test_dirs = [
-        d for d in dirs if "test" in d.name.lower() and any(p.suffix.lower() in TIF_EXTS for p in d.iterdir())
-    ]
+    train_roots = [d for d in dirs if any((d / t).is_dir() for t in TISSUE_DIRS) or (d / "Annotations").is_dir()]
+    test_dirs = [d for d in dirs if "test" in d.name.lower() and any(p.suffix.lower() in TIF_EXTS for p in d.iterdir())]
     if len(train_roots) > 1:
         raise DataError(
             f"{src}: several MoNuSeg training folders ({', '.join(map(str, train_roots))}); "
@@ -156,8 +152,7 @@ def find_monuseg(src: Path) -> list[MonusegItem]:
         )
     if len(test_dirs) > 1:
         raise DataError(
-            f"{src}: several MoNuSeg test folders ({', '.join(map(str, test_dirs))}); "
-            "pass a --src that holds only one"
+            f"{src}: several MoNuSeg test folders ({', '.join(map(str, test_dirs))}); pass a --src that holds only one"
         )
     items: list[MonusegItem] = []
     if train_roots:

@@ -47,8 +47,7 @@ def find_vaihingen(src: Path, n_train: int = 100) -> list[tuple[str, int, Path, 
     src = Path(src)
     if not src.is_dir():
         raise DataError(
-            f"{src}: source folder not found; pass the folder holding building_<n>.tif and "
-            "building_mask_<n>.tif"
+            f"{src}: source folder not found; pass the folder holding building_<n>.tif and building_mask_<n>.tif"
         )
     images, masks = _index(src, IMAGE_RE, "image"), _index(src, MASK_RE, "mask")
     for n, p in images.items():
@@ -67,9 +66,7 @@ def find_vaihingen(src: Path, n_train: int = 100) -> list[tuple[str, int, Path, 
     return [("train" if i < n_train else "test", n, images[n], masks[n]) for i, n in enumerate(order)]
 
 
-def prepare_vaihingen(
-    src: Path, out: Path, size: int = 256, overwrite: bool = False, n_train: int = 100
-) -> dict:
+def prepare_vaihingen(src: Path, out: Path, size: int = 256, overwrite: bool = False, n_train: int = 100) -> dict:
     """Write OUT/{train,test}/{images,masks}/building_<n>.png at size x size and OUT/prepare.json.
 
     Images are resized bilinearly (PIL, antialiased when shrinking), masks by nearest neighbour,
