@@ -82,3 +82,15 @@ def test_cli(folders, tmp_path, capsys):
     assert main(["--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "o")]) == 0
     assert "2 of 3" in capsys.readouterr().out
     assert main(["--pred", str(pred), "--gt", str(gt), "--out", str(pred)]) == 2
+
+
+def test_evaluate_cli_resize_to_gt(folders, tmp_path, capsys):
+    from segdiff.cli import main as cli_main
+
+    pred, gt, _ = folders
+    assert cli_main(["evaluate", "--pred", str(pred), "--gt", str(gt.parent)]) == 2  # sizes differ
+    out = tmp_path / "summary.json"
+    assert cli_main(["evaluate", "--pred", str(pred), "--gt", str(gt.parent), "--resize-to-gt", "--out", str(out)]) == 0
+    import json
+
+    assert json.loads(out.read_text())["n_images"] == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 from .evaluate import evaluate_dirs, format_table
@@ -52,12 +53,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="store_true",
         help="score empty masks as the authors' code does (both empty: IoU = F1 = WCov = 0)",
     )
+    p.add_argument(
+        "--resize-to-gt",
+        action="store_true",
+        help="first resize each prediction (probability map, then threshold 0.5) to its ground-truth mask's "
+        "size: the Cityscapes protocol, where masks stay at the native crop size (docs/protocols.md)",
+    )
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, return the exit status (0). UserError propagates to the top-level CLI."""
-    summary = evaluate_dirs(pred=args.pred, gt=args.gt, prob=args.prob, out=args.out, paper_compat=args.paper_compat)
+    if not args.resize_to_gt:
+        summary = evaluate_dirs(
+            pred=args.pred, gt=args.gt, prob=args.prob, out=args.out, paper_compat=args.paper_compat
+        )
+    else:
+        from .resize import resize_to_gt
+
+        with tempfile.TemporaryDirectory(prefix="segdiff-resized-") as tmp:
+            resize_to_gt(args.pred, args.gt, Path(tmp), prob=args.prob)
+            summary = evaluate_dirs(pred=Path(tmp), gt=args.gt, out=args.out, paper_compat=args.paper_compat)
     print(format_table(summary))
     return 0
