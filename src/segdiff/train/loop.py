@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .. import rng
 from ..api import SegDiff
 from ..config import RunConfig
 from ..data.dataset import StepDataset, TrainBatches, channel_stats, load_pair, make_splits, write_split
@@ -224,6 +225,8 @@ def train(
                 break
             dev = model.device
             image, x0, t, eps = (v.to(dev, non_blocking=True) for v in (image, x0, t, eps))
+            if info.enabled:  # each rank its own dropout masks, keyed so that a resumed run continues exactly
+                torch.manual_seed(rng.key(tc.seed, "dropout", info.rank, step))
             for group in opt.param_groups:
                 group["lr"] = _lr(tc, step)
             if amp is not None:
