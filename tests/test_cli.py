@@ -65,6 +65,45 @@ def test_train_predict_evaluate_end_to_end(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "e.json").read_text())
     assert summary["n_images"] == 3 and 0 <= summary["iou"] <= 1
+    # window options are passed through and recorded; a stride larger than the window is refused
+    big = tmp_path / "big.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 24, 3), dtype=np.uint8)).save(big)
+    r = _run(
+        "predict",
+        "--checkpoint",
+        str(root / "run"),
+        "--input",
+        str(big),
+        "--out",
+        str(tmp_path / "tiled"),
+        "--mode",
+        "tile",
+        "--tile-stride",
+        "8",
+        "--blend",
+        "gaussian",
+        "--quiet",
+    )
+    assert r.returncode == 0, r.stderr
+    assert read_mask(tmp_path / "tiled" / "masks" / "big.png").shape == (40, 24)
+    rec = json.loads((tmp_path / "tiled" / "predict.json").read_text())
+    assert (rec["predict_mode"], rec["tile_stride"], rec["tile_blend"]) == ("tile", 8, "gaussian")
+    _assert_user_error(
+        _run(
+            "predict",
+            "--checkpoint",
+            str(root / "run"),
+            "--input",
+            str(big),
+            "--out",
+            str(tmp_path / "t2"),
+            "--mode",
+            "tile",
+            "--tile-stride",
+            "20",
+        ),
+        "--tile-stride 20",
+    )
     # a restarted predict skips what is written
     r = _run(
         "predict",

@@ -176,3 +176,16 @@ def test_larger_images_of_any_size_are_tiled_and_cropped_back(hw):
     )
     ref = stitch(per, starts, *padded.shape[-2:], blend_weight(TILE))[..., : hw[0], : hw[1]]
     _close(full[0], ref)
+
+
+def test_windows_in_groups_equal_windows_at_once_and_gaussian_blend():
+    """A large image goes through the network a few windows at a time; the result must not depend on
+    how many windows share a call (batch_generations / generations)."""
+    model = _model("tile", tile_stride=8)
+    x = _image(40, 32)
+    one = model.predict_x0(x, keys=["big"], opts=model.sampling_options(**OPTS, batch_generations=3))
+    many = model.predict_x0(x, keys=["big"], opts=model.sampling_options(**OPTS, batch_generations=300))
+    _close(one, many)
+    model.config.data.tile_blend = "gaussian"
+    gauss = model.predict_x0(x, keys=["big"], opts=model.sampling_options(**OPTS, batch_generations=3))
+    assert gauss.shape == one.shape and not torch.allclose(gauss, one)

@@ -19,7 +19,7 @@ from .diffusion import make_schedule, training_loss
 from .errors import CheckpointError, UserError
 from .model import SegDiffUNet
 from .predict.ensemble import SamplingOptions, pad_to_stride, sample_x0, summarise
-from .predict.tiling import blend_weight, stitch, windows
+from .predict.tiling import Stitcher, blend_weight, windows
 from .train.checkpoint import load_into, read_weights, state_dict_cpu, write_files
 
 WEIGHT_FILES = {"best": "best.safetensors", "ema": "ema.safetensors", "raw": "model.safetensors"}
@@ -124,17 +124,26 @@ class SegDiff:
         padded, _ = pad_to_stride(x, stride)
         return sample_x0(self.net, self.schedule, padded, keys, opts)[..., :H, :W]
 
-    def _tiled(self, x: torch.Tensor, key, opts: SamplingOptions, blend: str = "uniform") -> torch.Tensor:
-        """[1, 3, H, W] -> [G, H, W]: windows of the training size, G(I) per window, blended."""
+    def _tiled(self, x: torch.Tensor, key, opts: SamplingOptions) -> torch.Tensor:
+        """[1, 3, H, W] -> [G, H, W]: windows of the training size, G(I) per window, blended.
+
+        Windows go through the network in groups of about batch_generations / G, and are stitched as
+        they come, so memory does not grow with the image beyond the stitched [G, H, W] maps.
+        """
         d = self.config.data
         tile = d.size
         padded, (H, W) = pad_to_stride(x, tile) if min(x.shape[-2:]) < tile else (x, x.shape[-2:])
         h, w = padded.shape[-2:]
         starts = windows(h, w, tile, d.tile_stride or tile)
-        crops = torch.cat([padded[..., y : y + tile, xx : xx + tile] for y, xx in starts])
-        wkeys = [(*(key if isinstance(key, tuple) else (key,)), "window", i) for i in range(len(starts))]
-        x0 = sample_x0(self.net, self.schedule, crops, wkeys, opts)  # [n, G, tile, tile]
-        return stitch(x0, starts, h, w, blend_weight(tile, blend))[..., :H, :W]
+        stitcher = Stitcher(h, w, blend_weight(tile, d.tile_blend))
+        per_call = max(1, opts.batch_generations // max(1, opts.generations))
+        base = key if isinstance(key, tuple) else (key,)
+        for i0 in range(0, len(starts), per_call):
+            group = starts[i0 : i0 + per_call]
+            crops = torch.cat([padded[..., y : y + tile, xx : xx + tile] for y, xx in group])
+            wkeys = [(*base, "window", i) for i in range(i0, i0 + len(group))]
+            stitcher.add(sample_x0(self.net, self.schedule, crops, wkeys, opts), group)  # [n, G, tile, tile]
+        return stitcher.result()[..., :H, :W]
 
     def predict(
         self,

@@ -38,6 +38,12 @@ def _predict(args) -> int:
     from .predict.run import predict_folder
 
     model = SegDiff.load(args.checkpoint, weights=args.weights, device=args.device)
+    d = model.config.data
+    d.predict_mode = args.mode or d.predict_mode
+    d.tile_stride = args.tile_stride or d.tile_stride
+    d.tile_blend = args.blend or d.tile_blend
+    if args.tile_stride and not 0 < args.tile_stride <= d.size:
+        raise UserError(f"--tile-stride {args.tile_stride}: must be between 1 and the window size {d.size}")
     summary = predict_folder(
         model,
         args.input,
@@ -111,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--eta", type=float, help="DDIM stochasticity")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--weights", default="best", choices=["best", "ema", "raw"])
+    r.add_argument(
+        "--mode",
+        choices=["resize", "tile", "pad"],
+        help="images of another size than the training size: resize and back, sliding windows, or pad "
+        "(default: the preset's)",
+    )
+    r.add_argument("--tile-stride", type=int, help="window stride for --mode tile (default: the window size)")
+    r.add_argument("--blend", choices=["uniform", "gaussian"], help="weights of overlapping windows")
     r.add_argument("--batch-images", type=int, default=4, help="images of one size per batch")
     r.add_argument("--batch-generations", type=int, help="generations x windows per network call (memory)")
     r.add_argument("--save-generations", action="store_true", help="also write every generation")

@@ -75,6 +75,7 @@ class DataConfig:
     # size x size windows (stride = tile_stride), or "pad" to the network's stride and crop back.
     predict_mode: str = "resize"
     tile_stride: int | None = None  # None = size (non-overlapping windows, the MoNuSeg quadrant protocol)
+    tile_blend: str = "uniform"  # weights of overlapping windows: "uniform" or "gaussian" (lower at borders)
     val_fraction: float = 0.1  # held out of train when ROOT/val is absent
     mean: tuple[float, float, float] | None = None  # per-channel image normalisation, set from train data
     std: tuple[float, float, float] | None = None

@@ -95,6 +95,8 @@ def predict_folder(
         "weights": str(getattr(model, "weights_file", "")),
         "protocol": asdict(opts),
         "predict_mode": model.config.data.predict_mode,
+        "tile_stride": model.config.data.tile_stride,
+        "tile_blend": model.config.data.tile_blend,
         "size": model.config.data.size,
     }
     name = "predict.json" if num_parts == 1 else f"predict.part{part_id}of{num_parts}.json"

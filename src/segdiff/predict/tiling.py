@@ -36,13 +36,35 @@ def blend_weight(tile: int, kind: str = "uniform") -> torch.Tensor:
     raise ValueError(f"blend must be 'uniform' or 'gaussian', got {kind!r}")
 
 
+class Stitcher:
+    """Accumulates window outputs into a [..., h, w] map: sum(w * tile) / sum(w) per pixel.
+
+    Windows can be added in any number of groups, so a large image never holds every window's
+    generations at once (only the stitched [G, h, w] maps).
+    """
+
+    def __init__(self, h: int, w: int, weight: torch.Tensor):
+        self.h, self.w, self.weight = h, w, weight
+        self.acc: torch.Tensor | None = None
+        self.norm: torch.Tensor | None = None
+
+    def add(self, tiles: torch.Tensor, starts: list[tuple[int, int]]) -> None:
+        """tiles [n, ..., tile, tile] at the top-left corners `starts`."""
+        tile = tiles.shape[-1]
+        if self.acc is None:
+            self.acc = tiles.new_zeros(*tiles.shape[1:-2], self.h, self.w)
+            self.norm = tiles.new_zeros(self.h, self.w)
+        weight = self.weight.to(tiles)
+        for out, (y, x) in zip(tiles, starts):
+            self.acc[..., y : y + tile, x : x + tile] += out * weight
+            self.norm[y : y + tile, x : x + tile] += weight
+
+    def result(self) -> torch.Tensor:
+        return self.acc / self.norm
+
+
 def stitch(tiles: torch.Tensor, starts: list[tuple[int, int]], h: int, w: int, weight: torch.Tensor) -> torch.Tensor:
     """Blend [n, ..., tile, tile] window outputs into [..., h, w]: sum(w * tile) / sum(w) per pixel."""
-    tile = tiles.shape[-1]
-    acc = tiles.new_zeros(*tiles.shape[1:-2], h, w)
-    norm = tiles.new_zeros(h, w)
-    weight = weight.to(tiles)
-    for out, (y, x) in zip(tiles, starts):
-        acc[..., y : y + tile, x : x + tile] += out * weight
-        norm[y : y + tile, x : x + tile] += weight
-    return acc / norm
+    s = Stitcher(h, w, weight)
+    s.add(tiles, starts)
+    return s.result()
