@@ -300,7 +300,7 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
     step in eager fp32 with PyTorch's default AdamW. On a CPU both are the same fp32 step."""
     from ..api import SegDiff
     from ..train.ema import EMA
-    from ..train.loop import LossModule
+    from ..train.loop import LossModule, train_step
 
     torch.manual_seed(0)
     model = SegDiff(cfg, device)
@@ -318,21 +318,11 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
     x0 = (torch.rand(n, 1, s, s, generator=g) > 0.5).float().mul(2).sub(1).to(device)
     t = torch.randint(len(model.schedule), (n,), generator=g).to(device)
     eps = torch.randn(n, 1, s, s, generator=g).to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if (ours and cuda) else None
+    amp = torch.bfloat16 if (ours and cuda) else None
     step_no = [0]
 
     def step():
-        if amp is not None:
-            with amp:
-                loss = loss_mod(image, x0, t, eps)
-        else:
-            loss = loss_mod(image, x0, t, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
-        opt.step()
-        ema.update(net, step_no[0])
+        train_step(loss_mod, net, opt, ema, (image, x0, t, eps), step_no[0], tc.grad_clip, amp)
         step_no[0] += 1
 
     def steps():

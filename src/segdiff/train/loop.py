@@ -10,6 +10,7 @@ losses and weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -52,6 +53,20 @@ class LossModule(nn.Module):
         model = self._model[0]
         cond = self.net.encode_image(model.normalize(image))
         return training_loss(self.net, x0, cond, t, eps, model.schedule)
+
+
+def train_step(loss_fn, net: nn.Module, opt, ema: EMA, batch, step: int, grad_clip: float, amp) -> torch.Tensor:
+    """One step of Algorithm 2: loss (under CUDA autocast to `amp` when given), backward, gradient
+    clipping, optimizer step, EMA update. Also what `segdiff benchmark` times as our training step."""
+    with torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext():
+        loss = loss_fn(*batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    opt.step()
+    ema.update(net, step)
+    return loss
 
 
 def _lr(cfg, step: int) -> float:
@@ -163,7 +178,7 @@ def train(
         pin_memory=model.device.type == "cuda",
         generator=torch.Generator(),  # the iterator draws a base seed: not from the global RNG (dropout)
     )
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if model.device.type == "cuda" else None
+    amp = torch.bfloat16 if model.device.type == "cuda" else None
 
     def save() -> None:
         if info.main:
@@ -229,17 +244,7 @@ def train(
                 torch.manual_seed(rng.key(tc.seed, "dropout", info.rank, step))
             for group in opt.param_groups:
                 group["lr"] = _lr(tc, step)
-            if amp is not None:
-                with amp:
-                    loss = ddp(image, x0, t, eps)
-            else:
-                loss = ddp(image, x0, t, eps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.net.parameters(), tc.grad_clip)
-            opt.step()
-            ema.update(model.net, step)
+            loss = train_step(ddp, model.net, opt, ema, (image, x0, t, eps), step, tc.grad_clip, amp)
             step += 1
             losses.append(loss.detach())
             bar.update(1)
