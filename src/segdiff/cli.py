@@ -105,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="predict masks, probability and uncertainty maps",
         description="Multiple generations (paper 4.1). Defaults come from the run's preset: tiny uses "
-        "8 generations x 20 steps (cheap on CPU); the paper protocol is --generations 30 --steps 100.",
+        "10 generations x 5 steps with the small variance (chosen by `segdiff study` on the demo model); the "
+        "paper protocol is --generations 30 --steps 100 --variance large.",
     )
     r.add_argument("--checkpoint", required=True, help="run folder written by segdiff train")
     r.add_argument("--input", required=True, help="an image file or a folder of images")
