@@ -78,3 +78,16 @@ def test_presets_put_attention_at_16_and_8(name, levels, attn_res):
     # encoder 3 blocks x 2 levels, decoder 4 blocks x 2 levels, middle 1
     assert n_attn == 3 * 2 + 4 * 2 + 1
     assert len(net.G.trunk) == cfg.model.rrdb_blocks
+
+
+def test_predict_accepts_uint8_arrays_like_files():
+    model = SegDiff(tiny_config(), "cpu")
+    model.net = _net()  # perturbed weights: the output depends on the image's values
+    rgb = (torch.rand(16, 16, 3) * 255).round().to(torch.uint8).numpy()
+    a = model.predict(rgb, generations=2, steps=2, seed=3)
+    b = model.predict(rgb.astype("float32") / 255, generations=2, steps=2, seed=3)
+    c = model.predict(torch.from_numpy(rgb).permute(2, 0, 1), generations=2, steps=2, seed=3)
+    torch.testing.assert_close(a.prob, b.prob)
+    torch.testing.assert_close(a.prob, c.prob)
+    wrong = model.predict(rgb.astype("float32"), generations=2, steps=2, seed=3)  # 0..255 taken as [0, 1]
+    assert not torch.allclose(a.prob, wrong.prob)

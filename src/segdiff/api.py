@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig, preset
+from .data.io import to_unit_float
 from .data.transforms import resize_image
 from .diffusion import make_schedule, training_loss
 from .errors import CheckpointError, UserError
@@ -57,10 +58,16 @@ class SegDiff:
         return (image - mean) / std
 
     def _as_batch(self, image) -> torch.Tensor:
+        """[H, W, 3] array, [3, H, W] or [B, 3, H, W] -> float [B, 3, H, W] in [0, 1] on the device.
+
+        Integer pixels (uint8, uint16) are scaled by their type's maximum, as when reading files.
+        """
         if isinstance(image, np.ndarray):
-            image = torch.from_numpy(np.ascontiguousarray(image))
+            image = torch.from_numpy(to_unit_float(np.ascontiguousarray(image)))
             if image.dim() == 3 and image.shape[-1] in (1, 3):
                 image = image.permute(2, 0, 1)
+        elif not torch.is_floating_point(image):
+            image = torch.from_numpy(to_unit_float(image.cpu().numpy()))
         if image.dim() == 3:
             image = image[None]
         if image.dim() != 4 or image.shape[1] != self.config.model.image_channels:
