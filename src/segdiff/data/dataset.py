@@ -7,6 +7,7 @@ the global batch of a step and gets exactly what a single process would.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,10 +111,12 @@ class TrainBatches:
 
     def index(self, gidx: int) -> int:
         """Dataset index of global sample gidx: a seeded permutation per epoch (each image once per epoch)."""
-        n = len(self.images)
-        epoch, pos = divmod(gidx, n)
-        perm = torch.randperm(n, generator=rng.generator(self.seed, "epoch", epoch))
-        return int(perm[pos])
+        epoch, pos = divmod(gidx, len(self.images))
+        return int(self._epoch_perm(epoch)[pos])
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019  (a batch spans at most two epochs; the object lives all run)
+    def _epoch_perm(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(len(self.images), generator=rng.generator(self.seed, "epoch", epoch))
 
     def sample(self, step: int, gidx: int, batch_size: int):
         """-> image [3, h, w] in [0, 1], x0 [1, h, w] in {-1, 1}, t (int), eps [1, h, w]."""
@@ -146,6 +149,6 @@ class StepDataset(torch.utils.data.Dataset):
 
 
 def write_split(path: Path, splits: Splits) -> None:
-    from ..train.checkpoint import atomic_write_text
+    from ..atomic import atomic_write_text
 
     atomic_write_text(path, json.dumps(splits.to_json(), indent=2) + "\n")

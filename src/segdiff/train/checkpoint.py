@@ -15,7 +15,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 from ..errors import CheckpointError
 
 

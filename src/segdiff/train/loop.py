@@ -22,12 +22,13 @@ from tqdm import tqdm
 
 from .. import rng
 from ..api import SegDiff
+from ..atomic import atomic_write_text
 from ..config import RunConfig
 from ..data.dataset import StepDataset, TrainBatches, channel_stats, load_pair, make_splits, write_split
 from ..diffusion import training_loss
 from ..errors import CheckpointError, UserError
 from ..metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
-from .checkpoint import atomic_write_text, load_into, read_train_state, read_weights, state_dict_cpu, write_files
+from .checkpoint import load_into, read_train_state, read_weights, state_dict_cpu, write_files
 from .distributed import (
     DistInfo,
     all_reduce_sum,
