@@ -38,7 +38,7 @@ def tiny_config(T: int = 10, **train) -> RunConfig:
             rrdb_gc=4,
         ),
         diffusion=DiffusionConfig(steps=T),
-        data=DataConfig(size=16, predict_mode="pad", augment=AugmentConfig(hflip=True, vflip=True)),
+        data=DataConfig(size=16, augment=AugmentConfig(hflip=True, vflip=True)),
         train=TrainConfig(
             **{
                 "batch_size": 4,
@@ -53,7 +53,7 @@ def tiny_config(T: int = 10, **train) -> RunConfig:
                 **train,
             }
         ),
-        predict=PredictConfig(generations=2, steps=3),
+        predict=PredictConfig(generations=2, sampling_steps=3, mode="pad"),
     )
 
 

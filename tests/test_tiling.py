@@ -17,7 +17,8 @@ OPTS = {"generations": 3, "steps": 3}
 
 def _model(predict_mode: str = "tile", tile_stride: int | None = None) -> SegDiff:
     cfg = tiny_config()
-    cfg.data = replace(cfg.data, size=TILE, predict_mode=predict_mode, tile_stride=tile_stride)
+    cfg.data = replace(cfg.data, size=TILE)
+    cfg.predict = replace(cfg.predict, mode=predict_mode, tile_stride=tile_stride)
     torch.manual_seed(0)
     model = SegDiff(cfg, "cpu")
     # the output conv is zero-initialised; perturb every weight so that the output depends on the image
@@ -186,6 +187,7 @@ def test_windows_in_groups_equal_windows_at_once_and_gaussian_blend():
     one = model.predict_x0(x, keys=["big"], opts=model.sampling_options(**OPTS, batch_generations=3))
     many = model.predict_x0(x, keys=["big"], opts=model.sampling_options(**OPTS, batch_generations=300))
     _close(one, many)
-    model.config.data.tile_blend = "gaussian"
-    gauss = model.predict_x0(x, keys=["big"], opts=model.sampling_options(**OPTS, batch_generations=3))
+    gauss = model.predict_x0(
+        x, keys=["big"], opts=model.sampling_options(**OPTS, batch_generations=3, blend="gaussian")
+    )
     assert gauss.shape == one.shape and not torch.allclose(gauss, one)

@@ -7,19 +7,19 @@ out.mask, out.prob, out.uncertainty                     # [B, H, W]
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import RunConfig, preset
+from .config import PredictConfig, RunConfig, preset
 from .data.io import to_unit_float
 from .data.transforms import resize_image
 from .diffusion import make_schedule, training_loss
 from .errors import CheckpointError, UserError
 from .model import SegDiffUNet
-from .predict.ensemble import SamplingOptions, pad_to_stride, sample_x0, summarise
+from .predict.ensemble import pad_to_stride, sample_x0, summarise
 from .predict.tiling import Stitcher, blend_weight, windows
 from .train.checkpoint import load_into, read_weights, state_dict_cpu, write_files
 
@@ -42,7 +42,7 @@ def default_device() -> torch.device:
 
 class SegDiff:
     def __init__(self, config: RunConfig | str = "tiny", device: torch.device | str | None = None):
-        self.config = preset(config) if isinstance(config, str) else config
+        self.config = (preset(config) if isinstance(config, str) else config).validate()
         self.device = torch.device(device) if device is not None else default_device()
         self.net = SegDiffUNet(self.config.model, self.config.diffusion.steps).to(self.device)
         self.schedule = make_schedule(self.config.diffusion.steps, self.config.diffusion.schedule)
@@ -98,51 +98,45 @@ class SegDiff:
         return training_loss(self.net, x0, cond, t.to(self.device), eps.to(self.device), self.schedule)
 
     # -- prediction -----------------------------------------------------------------------------
-    def sampling_options(self, **overrides) -> SamplingOptions:
-        p, d = self.config.predict, self.config.diffusion
-        opts = SamplingOptions(
-            generations=p.generations,
-            steps=p.steps,
-            sampler=p.sampler,
-            variance=d.variance,
-            clip_x0=d.clip_x0,
-            batch_generations=p.batch_generations,
-        )
-        return replace(opts, **{k: v for k, v in overrides.items() if v is not None})
+    def sampling_options(self, base: PredictConfig | None = None, **overrides) -> PredictConfig:
+        """The prediction protocol: `base` (default: the config's `predict` section) with `overrides`
+        (PredictConfig fields; None = keep; `steps` = `sampling_steps`), validated for this model.
+        A new object: the config is not changed."""
+        base = self.config.predict if base is None else base
+        return base.override(overrides, T=self.config.diffusion.steps, size=self.config.data.size)
 
     @torch.no_grad()
-    def predict_x0(self, image, keys: list | None = None, opts: SamplingOptions | None = None) -> torch.Tensor:
-        """Every generation's x0 at the input's resolution: [B, G, H, W], by the preset's predict_mode."""
+    def predict_x0(self, image, keys: list | None = None, opts: PredictConfig | None = None) -> torch.Tensor:
+        """Every generation's x0 at the input's resolution: [B, G, H, W], by opts.mode (resize, tile, pad)."""
         opts = opts or self.sampling_options()
         self.net.eval()
         image = self._as_batch(image)
         B, _, H, W = image.shape
         keys = list(range(B)) if keys is None else keys
-        d, stride = self.config.data, self.config.model.stride
+        size, stride = self.config.data.size, self.config.model.stride
         x = self.normalize(image)
-        if d.predict_mode == "resize":
-            small = resize_image(x, (d.size, d.size))
+        if opts.mode == "resize":
+            small = resize_image(x, (size, size))
             x0 = sample_x0(self.net, self.schedule, small, keys, opts)
             return resize_image(x0, (H, W))
-        if d.predict_mode == "tile" and (H > d.size or W > d.size):
+        if opts.mode == "tile" and (H > size or W > size):
             return torch.stack([self._tiled(x[b : b + 1], keys[b], opts) for b in range(B)])
-        if d.predict_mode not in ("pad", "tile"):
-            raise UserError(f"config data.predict_mode {d.predict_mode!r}: use 'resize', 'tile' or 'pad'")
+        if opts.mode not in ("pad", "tile"):
+            raise UserError(f"predict.mode {opts.mode!r}: use 'resize', 'tile' or 'pad'")
         padded, _ = pad_to_stride(x, stride)
         return sample_x0(self.net, self.schedule, padded, keys, opts)[..., :H, :W]
 
-    def _tiled(self, x: torch.Tensor, key, opts: SamplingOptions) -> torch.Tensor:
+    def _tiled(self, x: torch.Tensor, key, opts: PredictConfig) -> torch.Tensor:
         """[1, 3, H, W] -> [G, H, W]: windows of the training size, G(I) per window, blended.
 
         Windows go through the network in groups of about batch_generations / G, and are stitched as
         they come, so memory does not grow with the image beyond the stitched [G, H, W] maps.
         """
-        d = self.config.data
-        tile = d.size
+        tile = self.config.data.size
         padded, (H, W) = pad_to_stride(x, tile) if min(x.shape[-2:]) < tile else (x, x.shape[-2:])
         h, w = padded.shape[-2:]
-        starts = windows(h, w, tile, d.tile_stride or tile)
-        stitcher = Stitcher(h, w, blend_weight(tile, d.tile_blend))
+        starts = windows(h, w, tile, opts.tile_stride or tile)
+        stitcher = Stitcher(h, w, blend_weight(tile, opts.blend))
         per_call = max(1, opts.batch_generations // max(1, opts.generations))
         base = key if isinstance(key, tuple) else (key,)
         for i0 in range(0, len(starts), per_call):
@@ -158,17 +152,19 @@ class SegDiff:
         generations: int | None = None,
         steps: int | None = None,
         sampler: str | None = None,
-        seed: int = 0,
+        seed: int | None = None,
         keys: list | None = None,
         return_samples: bool = False,
+        opts: PredictConfig | None = None,
         **options,
     ) -> Prediction:
         """Multiple generations (paper 4.1) -> Prediction with tensors on the CPU.
 
-        image: [H, W, 3] array or [3, H, W] / [B, 3, H, W] tensor in [0, 1]. Defaults come from the
-        config's `predict` section; `options` override other SamplingOptions fields.
+        image: [H, W, 3] array or [3, H, W] / [B, 3, H, W] tensor in [0, 1]. The protocol is `opts` (default:
+        the config's `predict` section) with the given arguments and `options` (other PredictConfig fields,
+        e.g. variance="small", eta=0.5, mode="tile") overriding it; values are checked first.
         """
-        opts = self.sampling_options(generations=generations, steps=steps, sampler=sampler, seed=seed, **options)
+        opts = self.sampling_options(opts, generations=generations, steps=steps, sampler=sampler, seed=seed, **options)
         s = summarise(self.predict_x0(image, keys, opts))
         return Prediction(
             s["mask"].cpu(), s["prob"].cpu(), s["uncertainty"].cpu(), s["samples"].cpu() if return_samples else None

@@ -1,35 +1,120 @@
-"""The `segdiff` command: train | predict | evaluate | prepare | demo | benchmark | study."""
+"""The `segdiff` command: train | predict | config | evaluate | prepare | demo | benchmark | study."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from dataclasses import replace
+from pathlib import Path
 
 from .errors import UserError
 
+# shortcut flags (argparse dest) -> the config key they set; `--set KEY=VALUE` reaches every key
+TRAIN_FLAGS = {
+    "max_steps": "train.max_steps",
+    "max_minutes": "train.max_minutes",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "val_every": "train.val_every",
+    "save_every": "train.save_every",
+    "num_workers": "train.num_workers",
+    "val_fraction": "data.val_fraction",
+    "schedule": "diffusion.schedule",
+}
+PREDICT_FLAGS = {
+    "generations": "generations",
+    "steps": "sampling_steps",
+    "sampler": "sampler",
+    "variance": "variance",
+    "eta": "eta",
+    "seed": "seed",
+    "mode": "mode",
+    "tile_stride": "tile_stride",
+    "blend": "blend",
+    "batch_generations": "batch_generations",
+}
+
+
+def _overrides(args, flags: dict[str, str], prefix: str = ""):
+    """--set assignments (text) and the shortcut flags given (typed), and how the user wrote each key."""
+    from .config import parse_assignments
+
+    sets = parse_assignments(args.set or [], prefix)
+    labels = {prefix + k: f"--set {k}={v}" for k, v in sets.items()}
+    given = {}
+    for dest, key in flags.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if key in sets or (key == "sampling_steps" and "steps" in sets):
+            raise UserError(f"{flag} and --set {key if key in sets else 'steps'}: the same setting given twice")
+        given[key] = value
+        labels[prefix + key] = f"{flag} {value}"
+    return sets, given, labels
+
+
+@contextlib.contextmanager
+def _labelled(labels: dict[str, str]):
+    """A bad value is reported as the user wrote it (--generations 0, --set data.size=30), not by its key."""
+    from .config import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.key in labels:
+            raise UserError(f"{labels[exc.key]}: {exc.problem}") from None
+        raise
+
+
+def _run_config(args, base=None):
+    """--preset, then --config FILE, then --set, then the shortcut flags, over `base` (resume: the saved config)."""
+    from .config import RunConfig, apply_overrides, merge_dict, preset, read_json
+
+    sets, given, labels = _overrides(args, TRAIN_FLAGS if args.command == "train" else {})
+    with _labelled(labels):
+        cfg = base or (preset(args.preset) if args.preset else RunConfig())
+        if base is not None and args.preset:
+            cfg = replace(cfg, preset=args.preset)  # a change of preset is refused on resume
+        if args.config:
+            cfg = merge_dict(cfg, read_json(args.config), str(args.config))
+        cfg = apply_overrides(cfg, sets, text=True)
+        cfg = apply_overrides(cfg, given)
+        cfg.validate()
+    return cfg
+
 
 def _train(args) -> int:
-    from .config import RunConfig, preset
+    from .config import RunConfig
     from .train.loop import train
 
-    cfg = preset(args.preset) if args.preset else RunConfig()
-    if args.preset is None and not args.resume:
-        raise UserError("--preset is required for a new run (tiny, monuseg, vaihingen, cityscapes)")
-    tc = cfg.train
-    for name in ("max_steps", "batch_size", "lr", "seed", "val_every", "save_every", "num_workers", "max_minutes"):
-        if getattr(args, name) is not None:
-            setattr(tc, name, getattr(args, name))
-    if args.val_fraction is not None:
-        cfg.data.val_fraction = args.val_fraction
-    if args.schedule:
-        cfg.diffusion.schedule = args.schedule
-    if args.resume and args.max_steps is None:
-        tc.max_steps = RunConfig.load(f"{args.out}/config.json").train.max_steps
+    base = None
+    if args.resume:
+        base = RunConfig.load(f"{args.out}/config.json") if os.path.isfile(f"{args.out}/config.json") else None
+        if base is None:
+            raise UserError(f"--resume: {args.out} holds no run to resume (no config.json)")
+    elif args.preset is None and args.config is None:
+        raise UserError("--preset (tiny, monuseg, vaihingen, cityscapes) or --config FILE is required for a new run")
+    cfg = _run_config(args, base)
     summary = train(args.data, args.out, cfg, resume=args.resume, device=args.device, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
         print(json.dumps(summary))
+    return 0
+
+
+def _config(args) -> int:
+    from .atomic import atomic_write_text
+
+    text = json.dumps(_run_config(args).to_dict(), indent=2) + "\n"
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+        print(f"config: {args.out}")
+    else:
+        print(text, end="")
     return 0
 
 
@@ -38,12 +123,10 @@ def _predict(args) -> int:
     from .predict.run import predict_folder
 
     model = SegDiff.load(args.checkpoint, weights=args.weights, device=args.device)
-    d = model.config.data
-    d.predict_mode = args.mode or d.predict_mode
-    d.tile_stride = args.tile_stride or d.tile_stride
-    d.tile_blend = args.blend or d.tile_blend
-    if args.tile_stride and not 0 < args.tile_stride <= d.size:
-        raise UserError(f"--tile-stride {args.tile_stride}: must be between 1 and the window size {d.size}")
+    sets, given, labels = _overrides(args, PREDICT_FLAGS, prefix="predict.")
+    with _labelled(labels):
+        opts = model.sampling_options(model.config.predict.override(sets, text=True), **given)
+        opts.check_explicit({"sampling_steps" if k == "steps" else k for k in (*sets, *given)})
     summary = predict_folder(
         model,
         args.input,
@@ -54,13 +137,7 @@ def _predict(args) -> int:
         part_id=args.part_id,
         overwrite=args.overwrite,
         progress=not args.quiet,
-        generations=args.generations,
-        steps=args.steps,
-        sampler=args.sampler,
-        variance=args.variance,
-        eta=args.eta,
-        seed=args.seed,
-        batch_generations=args.batch_generations,
+        opts=opts,
     )
     print(
         f"predicted {summary['predicted']} image(s), skipped {summary['skipped']} already written, "
@@ -82,50 +159,85 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="segdiff", description="SegDiff: segmentation with diffusion models")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a model on ROOT/{train,val}/{images,masks}")
+    from .config import BLENDS, PREDICT_MODES, PRESETS, SAMPLERS, SCHEDULES, VARIANCES
+
+    set_help = (
+        "set any config field: dotted KEY=VALUE pairs, e.g. data.size=64 data.augment.crop=64 "
+        "model.channel_mult=1,2,2 train.max_minutes=none (see `segdiff config`)"
+    )
+
+    def add_config_options(q, resume_note: str = "") -> None:
+        q.add_argument("--preset", choices=list(PRESETS), help="start from a named config" + resume_note)
+        q.add_argument("--config", metavar="FILE", help="a JSON config (complete or partial; over --preset)")
+        q.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend", help=set_help)
+
+    t = sub.add_parser(
+        "train",
+        help="train a model on ROOT/{train,val}/{images,masks}",
+        description="Settings: --preset, then --config FILE, then --set KEY=VALUE, then the shortcut flags. "
+        "With --resume the run's config.json is the base: only train.max_steps, max_minutes, log_every, "
+        "val_every, save_every and num_workers may change (recorded in log.txt); other changes are refused.",
+    )
     t.add_argument("--data", required=True, help="data root with train/ (and optionally val/)")
     t.add_argument("--out", required=True, help="run folder to write")
-    t.add_argument("--preset", choices=["tiny", "monuseg", "vaihingen", "cityscapes"])
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--max-minutes", type=float, help="stop after this wall time (and save)")
+    add_config_options(t)
+    t.add_argument("--max-steps", type=int, help="= --set train.max_steps=N")
+    t.add_argument("--max-minutes", type=float, help="stop after this wall time (and save); = train.max_minutes")
     t.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)
     t.add_argument("--val-every", type=int)
     t.add_argument("--save-every", type=int)
     t.add_argument("--val-fraction", type=float, help="fraction of train held out when ROOT/val is absent")
-    t.add_argument("--schedule", choices=["scaled", "paper"], help="beta schedule (default: scaled, see docs)")
+    t.add_argument("--schedule", choices=list(SCHEDULES), help="beta schedule (default: scaled, see docs)")
     t.add_argument("--num-workers", type=int, help="data-loading worker processes")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 
+    c = sub.add_parser(
+        "config",
+        help="print a complete run config (JSON) to edit and pass to train --config",
+        description="Prints the config --preset, --config and --set give (checked), as train would use it.",
+    )
+    add_config_options(c)
+    c.add_argument("--out", metavar="FILE", help="write it to FILE instead of printing it")
+    c.set_defaults(func=_config)
+
     r = sub.add_parser(
         "predict",
         help="predict masks, probability and uncertainty maps",
-        description="Multiple generations (paper 4.1). Defaults come from the run's preset: tiny uses "
-        "10 generations x 5 steps with the small variance (chosen by `segdiff study` on the demo model); the "
-        "paper protocol is --generations 30 --steps 100 --variance large.",
+        description="Multiple generations (paper 4.1). Defaults come from the run's config.json (`predict`): tiny "
+        "uses 10 generations x 5 steps with the small variance (chosen by `segdiff study` on the demo model); "
+        "the paper protocol is --generations 30 --steps 100 --variance large. Any prediction setting: --set "
+        "KEY=VALUE with the keys of `predict` (e.g. sampler=ddim eta=0.5 clip_x0=false amp=fp32).",
     )
     r.add_argument("--checkpoint", required=True, help="run folder written by segdiff train")
     r.add_argument("--input", required=True, help="an image file or a folder of images")
     r.add_argument("--out", required=True)
+    r.add_argument(
+        "--set",
+        nargs="+",
+        metavar="KEY=VALUE",
+        action="extend",
+        help="prediction settings (keys of the config's predict section, with or without 'predict.')",
+    )
     r.add_argument("--generations", type=int, help="samples averaged per image (paper: 30)")
-    r.add_argument("--steps", type=int, help="sampling steps K <= T (respaced; paper: 100 = T)")
-    r.add_argument("--sampler", choices=["ddpm", "ddim", "dpm++"])
-    r.add_argument("--variance", choices=["large", "small"], help="DDPM variance beta_t or beta-tilde_t")
-    r.add_argument("--eta", type=float, help="DDIM stochasticity")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--steps", type=int, help="sampling steps K <= T (respaced; paper: 100 = T); = sampling_steps")
+    r.add_argument("--sampler", choices=list(SAMPLERS))
+    r.add_argument("--variance", choices=list(VARIANCES), help="DDPM variance beta_t or beta-tilde_t (ddpm only)")
+    r.add_argument("--eta", type=float, help="DDIM stochasticity (ddim only)")
+    r.add_argument("--seed", type=int, help="noise seed (default 0)")
     r.add_argument("--weights", default="best", choices=["best", "ema", "raw"])
     r.add_argument(
         "--mode",
-        choices=["resize", "tile", "pad"],
+        choices=list(PREDICT_MODES),
         help="images of another size than the training size: resize and back, sliding windows, or pad "
         "(default: the preset's)",
     )
     r.add_argument("--tile-stride", type=int, help="window stride for --mode tile (default: the window size)")
-    r.add_argument("--blend", choices=["uniform", "gaussian"], help="weights of overlapping windows")
+    r.add_argument("--blend", choices=list(BLENDS), help="weights of overlapping windows")
     r.add_argument("--batch-images", type=int, default=4, help="images of one size per batch")
     r.add_argument("--batch-generations", type=int, help="generations x windows per network call (memory)")
     r.add_argument("--save-generations", action="store_true", help="also write every generation")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -130,11 +131,14 @@ def run_demo(
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = make_dataset(out / "data")
     cfg = preset("tiny")
-    if max_steps is not None:
-        cfg.train.max_steps = max_steps
     # a safety cap for slow machines (the demo promises < 10 minutes on 2 cores); the report says how many
     # steps were run
-    cfg.train.max_minutes = max_minutes
+    cfg = replace(
+        cfg,
+        train=replace(
+            cfg.train, max_steps=cfg.train.max_steps if max_steps is None else max_steps, max_minutes=max_minutes
+        ),
+    )
     run = out / "run"
     if run.exists():
         import shutil
@@ -143,16 +147,14 @@ def run_demo(
     train_summary = train(data, run, cfg, device=device, progress=progress)
     t_train = time.time() - t0
     model = SegDiff.load(run, device=device)
-    gens = generations or model.config.predict.generations
-    k = steps or model.config.predict.steps or model.config.diffusion.steps
+    opts = model.sampling_options(generations=generations, steps=steps)  # the preset's protocol by default
+    gens, k = opts.generations, opts.steps_for(model.config.diffusion.steps)
     pred_dir = out / "pred"
     if pred_dir.exists():
         import shutil
 
         shutil.rmtree(pred_dir)
-    pred = predict_folder(
-        model, data / "test" / "images", pred_dir, batch_images=32, generations=gens, steps=k, progress=progress
-    )
+    pred = predict_folder(model, data / "test" / "images", pred_dir, batch_images=32, progress=progress, opts=opts)
 
     from .metrics.evaluate import evaluate_dirs
 
@@ -166,8 +168,7 @@ def run_demo(
     vis = model.predict(
         torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images[:4]]),
         keys=show,
-        generations=gens,
-        steps=k,
+        opts=opts,
         return_samples=True,
     )
     figure(out / "figure.png", images[:4], vis.samples.numpy(), vis.prob.numpy(), vis.uncertainty.numpy(), masks[:4])
@@ -186,8 +187,8 @@ def run_demo(
             "generations": gens,
             "sampling_steps": k,
             "T": model.config.diffusion.steps,
-            "sampler": model.config.predict.sampler,
-            "variance": model.config.diffusion.variance,
+            "sampler": opts.sampler,
+            "variance": opts.variance,
             "device": str(model.device),
             "threads": torch.get_num_threads(),
         },

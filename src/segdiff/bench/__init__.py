@@ -9,6 +9,8 @@ The argument parsers live here and import nothing heavy, so that `segdiff --help
 
 from __future__ import annotations
 
+from ..config import PredictConfig
+
 
 def add_parsers(subparsers) -> None:
     """Register the `benchmark` and `study` subcommands (called by segdiff.cli)."""
@@ -44,7 +46,7 @@ def _add_benchmark(sub) -> None:
         help="default: all three paper presets",
     )
     b.add_argument("--quick", action="store_true", help="tiny preset, few repetitions: a CPU smoke run (< 1 min)")
-    b.add_argument("--generations", type=int, default=30)
+    b.add_argument("--generations", type=int, default=PredictConfig.generations, help="default: the paper's 30")
     b.add_argument("--steps", type=int, default=100, help="sampling steps of the protocol (default 100 = T)")
     b.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm++"])
     b.add_argument("--measure-steps", type=int, help="steps actually timed per call, scaled to --steps (default 20)")
@@ -89,7 +91,9 @@ def _add_study(sub) -> None:
     s.add_argument("--checkpoint", required=True, help="run folder written by segdiff train")
     s.add_argument("--data", required=True, help="a split folder with images/ and masks/ (e.g. ROOT/val)")
     s.add_argument("--images", type=int, help="use only the first N images (sorted by name)")
-    s.add_argument("--generations", type=int, default=30, help="samples per image (curve over 1..N)")
+    s.add_argument(
+        "--generations", type=int, default=PredictConfig.generations, help="samples per image (curve over 1..N; 30)"
+    )
     s.add_argument("--steps", help="comma-separated sampling steps (default 5,10,25,50,100, up to T)")
     s.add_argument(
         "--samplers",

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 
+from ..config import PredictConfig
 from ..diffusion import sample
 from ..diffusion.schedule import Schedule
-from ..predict.ensemble import SamplingOptions, autocast, noise_keys
+from ..predict.ensemble import autocast, noise_keys
 from ..rng import GenerationNoise
 
 
@@ -32,13 +33,13 @@ def reference_sample_x0(
     sched: Schedule,
     image: torch.Tensor,
     keys: list,
-    opts: SamplingOptions,
+    opts: PredictConfig,
     amp: str | None = None,
     batched: bool = False,
 ) -> torch.Tensor:
     """x0 of every generation, [B, G, H, W], computed the authors' way; arguments as `sample_x0`.
 
-    amp: None = `reference_amp(device)`; otherwise as SamplingOptions.amp (tests pass "fp32").
+    amp: None = `reference_amp(device)`; otherwise as PredictConfig.amp (tests pass "fp32").
     batched: run the G generations of one image as one batch (G(I) still recomputed at every step, on
     the image repeated G times), the "authors' way, generations batched" variant of the benchmark.
     The default, one generation after another, is the reference path. opts.batch_generations, the
@@ -61,6 +62,7 @@ def reference_sample_x0(
                 with autocast(device, amp):
                     return net(x, t, net.encode_image(img))  # G(I) again at every step
 
-            x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, opts.steps, opts.variance, opts.eta, opts.clip_x0)
+            steps = opts.steps_for(len(sched))
+            x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, steps, opts.variance, opts.eta, opts.clip_x0)
             out[b, ks[0] : ks[-1] + 1] = x0[:, 0]
     return out

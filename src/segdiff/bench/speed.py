@@ -34,13 +34,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import RunConfig, preset
-from ..predict.ensemble import SamplingOptions, sample_x0
+from ..config import PredictConfig, RunConfig, preset
+from ..predict.ensemble import sample_x0
 from .reference import reference_amp, reference_sample_x0
 
 PRESETS = ("vaihingen", "monuseg", "cityscapes")
 
-# fast-path variants: name -> SamplingOptions overrides
+# fast-path variants: name -> PredictConfig overrides
 VARIANT_FLAGS = {
     "channels_last": {"channels_last": True},
     "compile": {"compile": "default"},
@@ -63,10 +63,10 @@ def variant_overrides(name: str) -> dict:
 
 @dataclass
 class Protocol:
-    generations: int = 30
+    generations: int = PredictConfig.generations  # the paper's protocol: 30 generations x 100 = T DDPM steps
     steps: int = 100
-    sampler: str = "ddpm"
-    variance: str = "large"
+    sampler: str = PredictConfig.sampler
+    variance: str = PredictConfig.variance
     measure_steps: int = 20  # steps actually run per timed call (both paths); scaled to `steps`
     reference_generations: int | None = None  # generations actually run by the reference (None = all)
     repeats: int = 3  # timed calls per path (median reported), after `warmup` untimed calls
@@ -194,8 +194,8 @@ def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> di
     image = _random_image(cfg, device)
     G, K, Km = proto.generations, proto.steps, min(proto.measure_steps, proto.steps)
     bg = proto.batch_generations or cfg.predict.batch_generations
-    base = SamplingOptions(
-        generations=G, steps=Km, sampler=proto.sampler, variance=proto.variance, batch_generations=bg
+    base = PredictConfig(
+        generations=G, sampling_steps=Km, sampler=proto.sampler, variance=proto.variance, batch_generations=bg
     )
     scale_steps = K / Km
 

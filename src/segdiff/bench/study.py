@@ -122,10 +122,10 @@ def run_study(
     def opts_for(spec: SamplerSpec, k: int):
         return model.sampling_options(
             generations=generations,
-            steps=k,
+            sampling_steps=k,
             sampler=spec.sampler,
-            variance=spec.variance,
-            eta=spec.eta,
+            variance=spec.variance if spec.sampler == "ddpm" else None,  # each sampler gets only its options
+            eta=spec.eta if spec.sampler == "ddim" else None,
             seed=seed,
             batch_generations=batch_generations,
         )
@@ -214,8 +214,8 @@ def run_study(
             "seed": seed,
             "T": T,
             "schedule": model.config.diffusion.schedule,
-            "clip_x0": model.config.diffusion.clip_x0,
-            "predict_mode": model.config.data.predict_mode,
+            "clip_x0": opts_for(specs[0], steps[0]).clip_x0,
+            "predict_mode": opts_for(specs[0], steps[0]).mode,
             "size": model.config.data.size,
             "batch_generations": opts_for(specs[0], steps[0]).batch_generations,
             "amp": opts_for(specs[0], steps[0]).amp,

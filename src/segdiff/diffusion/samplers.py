@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..config import SAMPLERS, sampling_steps
 from .schedule import Schedule
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -103,9 +104,6 @@ def dpm_solver_pp(eps_fn: EpsFn, x_T: torch.Tensor, sched: Schedule, noise, clip
     return x
 
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
-
-
 def sample(
     name: str,
     eps_fn: EpsFn,
@@ -118,7 +116,7 @@ def sample(
     clip_x0: bool = True,
 ) -> torch.Tensor:
     """Run sampler `name` on `steps` evenly respaced timesteps of `sched` (None = all T)."""
-    chain = sched.respace(steps or len(sched))
+    chain = sched.respace(sampling_steps(steps, len(sched)))
     if name == "ddpm":
         return ddpm(eps_fn, x_T, chain, noise, variance, clip_x0)
     if name == "ddim":

@@ -7,31 +7,17 @@ standard deviation; mask = probability >= 0.5.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ..config import COMPILE_MODES, PredictConfig
 from ..diffusion import sample
 from ..diffusion.schedule import Schedule
 from ..rng import GenerationNoise
 
-
-@dataclass
-class SamplingOptions:
-    generations: int = 30
-    steps: int | None = None  # None = T (Algorithm 1)
-    sampler: str = "ddpm"
-    variance: str = "large"
-    eta: float = 0.0
-    clip_x0: bool = True
-    batch_generations: int = 30  # generations x windows per network batch (memory)
-    seed: int = 0
-    amp: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16", "fp32"
-    # Speed flags, off by default until measured on a GPU (`segdiff benchmark --variants`):
-    channels_last: bool = False  # convert the network's weights to channels-last (in place, idempotent)
-    # torch.compile the noise predictor: "off", "default", "reduce-overhead" (CUDA graphs), "max-autotune"
-    compile: str = "off"
+# The prediction protocol is the run config's `predict` section; SamplingOptions is its earlier name.
+SamplingOptions = PredictConfig
 
 
 def autocast(device: torch.device, amp: str):
@@ -49,7 +35,7 @@ def noise_keys(image_keys: list, generations: int, seed: int) -> list[list[tuple
 
 
 @torch.no_grad()
-def sample_x0(net, sched: Schedule, image: torch.Tensor, keys: list, opts: SamplingOptions) -> torch.Tensor:
+def sample_x0(net, sched: Schedule, image: torch.Tensor, keys: list, opts: PredictConfig) -> torch.Tensor:
     """x0 of every generation for a batch of normalised images.
 
     image: [B, 3, H, W] (H, W multiples of the network stride); keys: one key per image (an int, a str or
@@ -73,12 +59,10 @@ def sample_x0(net, sched: Schedule, image: torch.Tensor, keys: list, opts: Sampl
             with autocast(device, opts.amp):
                 return fwd(x, t, c)
 
-        x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, opts.steps, opts.variance, opts.eta, opts.clip_x0)
+        steps = opts.steps_for(len(sched))
+        x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, steps, opts.variance, opts.eta, opts.clip_x0)
         out[b0:b1, g0:g1] = x0.view(b1 - b0, g1 - g0, H, W)
     return out
-
-
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 
 class _CompiledCache(dict):
@@ -91,7 +75,7 @@ class _CompiledCache(dict):
         return (_CompiledCache, ())
 
 
-def prepare_net(net, opts: SamplingOptions):
+def prepare_net(net, opts: PredictConfig):
     """The callable the sampling loop runs: `net` itself unless a speed flag of `opts` is on.
 
     channels_last converts the weights of `net` in place (numerically the same network). A compiled

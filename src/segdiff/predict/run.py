@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from ..api import SegDiff
+from ..config import PredictConfig
 from ..data.folder import list_images
 from ..data.io import read_image
 from .export import is_done, write_prediction
@@ -36,9 +37,14 @@ def predict_folder(
     part_id: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    opts: PredictConfig | None = None,
     **options,
 ) -> dict:
+    """Predict every image of `inputs` into `out` with the protocol `opts` (default: the run's `predict`
+    config) and `options` overriding it (PredictConfig fields, `steps` = `sampling_steps`), checked
+    before any work."""
     out = Path(out)
+    opts = model.sampling_options(opts, **options)
     paths = list_images(Path(inputs))
     num_parts, part_id = num_parts or 1, part_id or 0
     if not 0 <= part_id < num_parts:
@@ -53,7 +59,6 @@ def predict_folder(
             model.net.to(model.device)
     mine = part_of(paths, num_parts, part_id)
     todo = [p for p in mine if overwrite or not is_done(out, p.stem)]
-    opts = model.sampling_options(**options)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     groups: dict[tuple[int, int], list[tuple[Path, torch.Tensor]]] = {}
@@ -62,7 +67,7 @@ def predict_folder(
     def flush(items):
         batch = torch.stack([im for _, im in items])
         # the noise of an image is keyed by its stem: the same image gets the same result in any batch or part
-        pred = model.predict(batch, keys=[p.stem for p, _ in items], return_samples=save_generations, **vars(opts))
+        pred = model.predict(batch, keys=[p.stem for p, _ in items], return_samples=save_generations, opts=opts)
         for j, (p, _) in enumerate(items):
             write_prediction(
                 out,
@@ -93,10 +98,9 @@ def predict_folder(
         "seconds_per_image": seconds / max(len(todo), 1),
         "device": str(model.device),
         "weights": str(getattr(model, "weights_file", "")),
-        "protocol": asdict(opts),
-        "predict_mode": model.config.data.predict_mode,
-        "tile_stride": model.config.data.tile_stride,
-        "tile_blend": model.config.data.tile_blend,
+        # the protocol as run, with the sampling steps resolved (None = T)
+        "protocol": asdict(replace(opts, sampling_steps=opts.steps_for(model.config.diffusion.steps))),
+        "T": model.config.diffusion.steps,
         "size": model.config.data.size,
     }
     name = "predict.json" if num_parts == 1 else f"predict.part{part_id}of{num_parts}.json"

@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from .. import rng
 from ..api import SegDiff
 from ..atomic import atomic_write_text
-from ..config import RunConfig
+from ..config import RunConfig, resume_config
 from ..data.dataset import StepDataset, TrainBatches, channel_stats, load_pair, make_splits, write_split
 from ..diffusion import training_loss
 from ..errors import CheckpointError, UserError
@@ -83,12 +84,12 @@ def validate(model: SegDiff, net: nn.Module, val_pairs, cfg: RunConfig, info: Di
     model.net = net
     try:
         opts = model.sampling_options(
-            generations=cfg.train.val_generations, steps=cfg.train.val_steps, seed=cfg.train.seed
+            generations=cfg.train.val_generations, sampling_steps=cfg.train.val_steps, seed=cfg.train.seed
         )
         sums = [0.0, 0.0, 0.0]
         for i in range(info.rank, len(val_pairs), info.world):
             image, mask = val_pairs[i]
-            pred = model.predict(image, keys=[("val", i)], **vars(opts)).mask[0].numpy()
+            pred = model.predict(image, keys=[("val", i)], opts=opts).mask[0].numpy()
             c = confusion(pred, mask[0].numpy() > 0.5)
             iou, f1 = iou_from_confusion(c), f1_from_confusion(c)
             sums = [sums[0] + iou, sums[1] + f1, sums[2] + 1]
@@ -101,22 +102,30 @@ def validate(model: SegDiff, net: nn.Module, val_pairs, cfg: RunConfig, info: Di
 def train(
     data: str | Path,
     out: str | Path,
-    config: RunConfig,
+    config: RunConfig | None = None,
     resume: bool = False,
     device: str | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train `config` on the data folder `data`, writing the run folder `out`. Returns a summary dict."""
+    """Train `config` on the data folder `data`, writing the run folder `out`. Returns a summary dict.
+
+    resume: continue the run in `out` with its saved config. A `config` given then may differ from the
+    saved one only in length, cadence and time budget (config.RESUMABLE); other changes are refused.
+    The changes are applied, written to config.json and recorded in log.txt.
+    """
     data, out = Path(data), Path(out)
-    info = init_distributed("cpu" if device == "cpu" else None)
-    device = resolve_device(device, info)  # cuda:LOCAL_RANK under torchrun
+    changes: dict[str, tuple] = {}
     if resume:
-        saved = RunConfig.load(out / "config.json")
-        # a resumed run keeps its model, data and seed; only the length and cadence may change
-        saved.train.max_steps, saved.train.max_minutes = config.train.max_steps, config.train.max_minutes
-        config = saved
+        if not (out / "config.json").is_file():
+            raise UserError(f"--resume: {out} holds no run to resume (no config.json); leave out --resume to start one")
+        config, changes = resume_config(RunConfig.load(out / "config.json"), config)
+    elif config is None:
+        raise UserError("a new run needs a config (a preset or a config file)")
     elif (out / "train_state.pt").exists() or (out / "config.json").exists():
         raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
+    config.validate()
+    info = init_distributed("cpu" if device == "cpu" else None)
+    device = resolve_device(device, info)  # cuda:LOCAL_RANK under torchrun
     barrier(info)  # every rank has checked --out before rank 0 writes to it
     tc = config.train
     if tc.batch_size % info.world:
@@ -125,7 +134,8 @@ def train(
     splits = make_splits(data, config.data.val_fraction, tc.seed)
     batches = TrainBatches(splits.train, config.data, config.diffusion.steps, tc.seed)
     if config.data.mean is None:
-        config.data.mean, config.data.std = channel_stats(batches.float_images())
+        mean, std = channel_stats(batches.float_images())
+        config = replace(config, data=replace(config.data, mean=mean, std=std))  # the caller's config is unchanged
     val_pairs = [load_pair(s) for s in splits.val[: tc.val_max_images or None]]
 
     torch.manual_seed(tc.seed)  # initial weights and dropout; a resumed run restores its RNG state below
@@ -162,6 +172,10 @@ def train(
         f"{'resumed at step ' + str(step) if resume else 'started'}: data {data}, preset {config.preset}, "
         f"device {model.device}, {info.world} process(es), val: {splits.val_source} ({len(splits.val)})"
     )
+    if changes:
+        if info.main:
+            config.save(out / "config.json")
+        log.text("settings changed on resume: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
 
     loss_mod = LossModule(model)
     ddp = loss_mod
