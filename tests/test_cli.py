@@ -58,7 +58,7 @@ def test_train_predict_evaluate_end_to_end(trained, tmp_path):
             assert (tmp_path / "pred" / f).is_file(), f
         assert len(list((tmp_path / "pred" / "generations" / stem).glob("*.png"))) == 3
     proto = json.loads((tmp_path / "pred" / "predict.json").read_text())["protocol"]
-    assert proto["generations"] == 3 and proto["steps"] == 2
+    assert proto["generations"] == 3 and proto["sampling_steps"] == 2
     r = _run(
         "evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(data / "test"), "--out", str(tmp_path / "e.json")
     )
@@ -87,7 +87,11 @@ def test_train_predict_evaluate_end_to_end(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     assert read_mask(tmp_path / "tiled" / "masks" / "big.png").shape == (40, 24)
     rec = json.loads((tmp_path / "tiled" / "predict.json").read_text())
-    assert (rec["predict_mode"], rec["tile_stride"], rec["tile_blend"]) == ("tile", 8, "gaussian")
+    assert (rec["protocol"]["mode"], rec["protocol"]["tile_stride"], rec["protocol"]["blend"]) == (
+        "tile",
+        8,
+        "gaussian",
+    )
     _assert_user_error(
         _run(
             "predict",

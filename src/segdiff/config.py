@@ -354,7 +354,7 @@ def _is_section(tp: Any) -> bool:
     return dataclasses.is_dataclass(tp)
 
 
-def field_keys(cls: type = None, prefix: str = "") -> list[str]:
+def field_keys(cls: type | None = None, prefix: str = "") -> list[str]:
     """Every settable dotted key of a config class (RunConfig by default), sections expanded."""
     cls = cls or RunConfig
     keys = []
@@ -426,31 +426,36 @@ def _coerce(value: Any, tp: Any, key: str, text: bool) -> Any:
     raise ConfigError(key, value, f"cannot set a field of type {tp}")  # pragma: no cover - no such field
 
 
-def _unknown(key: str, cls: type, prefix: str) -> ConfigError:
+def _unknown(key: str, prefix: str, root: tuple[type, str]) -> ConfigError:
+    """The error for an unknown key (`prefix` + `key`), naming the closest key of the config `root` (class,
+    prefix) where the override started."""
     full = prefix + key
     if full in OLD_KEYS:
         return ConfigError(full, None, f"this setting is now {OLD_KEYS[full]}", show_value=False)
-    known = field_keys(cls, prefix)
+    known = field_keys(*root)
     leaf = full.rsplit(".", 1)[-1]  # a right field name in the wrong section: data.channel_mult -> model.channel_mult
     close = [k for k in known if k.rsplit(".", 1)[-1] == leaf][:1]
     close = close or difflib.get_close_matches(full, known, n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]}?" if close else f"settable keys start with {', '.join(_hints(cls))}"
+    hint = f"did you mean {close[0]}?" if close else f"settable keys start with {', '.join(_hints(root[0]))}"
     return ConfigError(full, None, f"unknown setting; {hint}", show_value=False)
 
 
-def apply_overrides(obj: Any, overrides: dict[str, Any], prefix: str = "", text: bool = False) -> Any:
+def apply_overrides(
+    obj: Any, overrides: dict[str, Any], prefix: str = "", text: bool = False, _root: tuple | None = None
+) -> Any:
     """A copy of the config dataclass `obj` with dotted `overrides` set (values type-checked).
 
     text=True parses command-line strings ("64", "1,2,2", "none", "true"); otherwise values are JSON-like
     (lists for tuples). `obj` is not changed. Keys are relative to `obj`; `prefix` only names them in errors.
     """
+    root = _root or (type(obj), prefix)
     nested: dict[str, dict[str, Any]] = {}
     direct: dict[str, Any] = {}
     hints = _hints(type(obj))
     for key, value in overrides.items():
         name, _, rest = key.partition(".")
         if name not in hints:
-            raise _unknown(key, type(obj), prefix)
+            raise _unknown(key, prefix, root)
         tp = hints[name]
         if _is_section(tp):
             if not rest:
@@ -458,11 +463,11 @@ def apply_overrides(obj: Any, overrides: dict[str, Any], prefix: str = "", text:
                 raise ConfigError(prefix + key, value, f"is a section; set its fields, e.g. {sub}")
             nested.setdefault(name, {})[rest] = value
         elif rest:
-            raise _unknown(key, type(obj), prefix)
+            raise _unknown(key, prefix, root)
         else:
             direct[name] = _coerce(value, tp, prefix + key, text)
     for name, sub in nested.items():
-        direct[name] = apply_overrides(getattr(obj, name), sub, f"{prefix}{name}.", text)
+        direct[name] = apply_overrides(getattr(obj, name), sub, f"{prefix}{name}.", text, root)
     return dataclasses.replace(obj, **direct)
 
 
