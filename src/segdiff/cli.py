@@ -149,7 +149,8 @@ def _predict(args) -> int:
 def _demo(args) -> int:
     from .demo import run_demo
 
-    report = run_demo(args.out, max_steps=args.max_steps, progress=not args.quiet, device=args.device)
+    with _labelled({"train.max_steps": f"--max-steps {args.max_steps}"}):
+        report = run_demo(args.out, max_steps=args.max_steps, progress=not args.quiet, device=args.device)
     print(json.dumps(report, indent=2))
     print(f"report: {args.out}/report.json, figure: {args.out}/figure.png")
     return 0

@@ -129,7 +129,6 @@ def run_demo(
     out = Path(out)
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    data = make_dataset(out / "data")
     cfg = preset("tiny")
     # a safety cap for slow machines (the demo promises < 10 minutes on 2 cores); the report says how many
     # steps were run
@@ -138,7 +137,9 @@ def run_demo(
         train=replace(
             cfg.train, max_steps=cfg.train.max_steps if max_steps is None else max_steps, max_minutes=max_minutes
         ),
-    )
+    ).validate()
+    cfg.predict.override({"generations": generations, "steps": steps}, cfg.diffusion.steps, cfg.data.size)  # check
+    data = make_dataset(out / "data")
     run = out / "run"
     if run.exists():
         import shutil

@@ -475,6 +475,16 @@ def cli(args) -> int:
             variant_overrides(v)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+    T = min(preset(p).diffusion.steps for p in presets)
+    checks = {
+        "--generations": (proto.generations, proto.generations >= 1, "must be at least 1"),
+        "--steps": (proto.steps, 1 <= proto.steps <= T, f"must be between 1 and T = {T}"),
+        "--batch-generations": (args.batch_generations, (args.batch_generations or 1) >= 1, "must be at least 1"),
+        "--repeats": (proto.repeats, proto.repeats >= 1, "must be at least 1"),
+    }
+    for flag, (value, ok, problem) in checks.items():
+        if not ok:
+            raise UserError(f"{flag} {value}: {problem}")
     if not 1 <= proto.measure_steps <= proto.steps:
         raise UserError(f"--measure-steps {proto.measure_steps}: must be between 1 and --steps {proto.steps}")
     if device.type == "cpu" and not args.quick and any(p != "tiny" for p in presets):

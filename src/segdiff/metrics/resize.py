@@ -1,7 +1,7 @@
 """Resize predictions to the ground truth's size before scoring (the Cityscapes protocol).
 
 The Cityscapes preparer writes test images resized to the model's input (128 x 128) but keeps test masks
-at the NATIVE crop size; a model with predict_mode "resize" returns maps at the input image's size
+at the NATIVE crop size; a model with predict.mode "resize" returns maps at the input image's size
 (128 x 128). `evaluate` refuses pairs of different sizes, so the predictions are first brought to each
 ground-truth mask's size:
 

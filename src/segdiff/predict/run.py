@@ -19,6 +19,7 @@ from ..api import SegDiff
 from ..config import PredictConfig
 from ..data.folder import list_images
 from ..data.io import read_image
+from ..errors import UserError
 from .export import is_done, write_prediction
 
 
@@ -45,11 +46,11 @@ def predict_folder(
     before any work."""
     out = Path(out)
     opts = model.sampling_options(opts, **options)
+    if batch_images < 1:
+        raise UserError(f"--batch-images {batch_images}: must be at least 1")
     paths = list_images(Path(inputs))
     num_parts, part_id = num_parts or 1, part_id or 0
     if not 0 <= part_id < num_parts:
-        from ..errors import UserError
-
         raise UserError(f"--part-id {part_id}: must be between 0 and --num-parts - 1 = {num_parts - 1}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # under torchrun, rank r predicts its share of the part: items I + r*P, I + (r + W)*P, ...
