@@ -168,6 +168,9 @@ def run_folder(tmp_path_factory):
         (["--steps", "0"], ["--steps 0: must be at least 1"]),
         (["--steps", "11"], ["--steps 11: must be at most T = 10"]),
         (["--set", "sampler=euler"], ["--set sampler=euler", "choose one of"]),
+        (["--sampler", "euler"], ["--sampler euler: choose one of ddpm, ddim, dpm++"]),
+        (["--mode", "crop"], ["--mode crop: choose one of resize, tile, pad"]),
+        (["--set", "steps=11"], ["--set steps=11: must be at most T = 10"]),
         (["--eta", "0.5"], ["--eta 0.5", "ddpm sampler does not use eta"]),
         (["--sampler", "dpm++", "--eta", "0"], ["dpm++ sampler does not use eta"]),
         (["--sampler", "ddim", "--variance", "small"], ["--variance small", "ddim sampler does not use variance"]),
@@ -300,3 +303,8 @@ def test_resume_refuses_fixed_settings_and_records_accepted_changes(tmp_path, ca
     # the same values again are no change
     assert main([*base, "--resume", "--max-steps", "3", "--lr", "0.001"]) == 0
     assert "--resume" in _error(capsys, "train", "--data", str(data), "--out", str(tmp_path / "none"), "--resume")
+    new_run = ["train", "--data", str(data), "--out", str(tmp_path / "new"), "--preset", "tiny"]
+    assert "--preset huge: unknown preset" in _error(capsys, *new_run[:-1], "huge")
+    assert "--schedule cosine: choose one of scaled, paper" in _error(capsys, *new_run, "--schedule", "cosine")
+    assert "ddpm sampler does not use eta" in _error(capsys, *new_run, "--set", "predict.eta=0.5")
+    assert not (tmp_path / "new").exists()

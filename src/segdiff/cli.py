@@ -55,6 +55,8 @@ def _overrides(args, flags: dict[str, str], prefix: str = ""):
             raise UserError(f"{flag} and --set {key if key in sets else 'steps'}: the same setting given twice")
         given[key] = value
         labels[prefix + key] = f"{flag} {value}"
+    if "steps" in sets:  # the earlier name of sampling_steps
+        labels[prefix + "sampling_steps"] = labels[prefix + "steps"]
     return sets, given, labels
 
 
@@ -85,6 +87,7 @@ def _run_config(args, base=None):
         cfg = apply_overrides(cfg, sets, text=True)
         cfg = apply_overrides(cfg, given)
         cfg.validate()
+        cfg.predict.check_explicit({k.removeprefix("predict.") for k in sets if k.startswith("predict.")})
     return cfg
 
 
@@ -167,8 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
         "model.channel_mult=1,2,2 train.max_minutes=none (see `segdiff config`)"
     )
 
-    def add_config_options(q, resume_note: str = "") -> None:
-        q.add_argument("--preset", choices=list(PRESETS), help="start from a named config" + resume_note)
+    def choices(values) -> str:  # shown in --help; the config layer checks the value (one-line errors)
+        return "{" + ",".join(values) + "}"
+
+    def add_config_options(q) -> None:
+        q.add_argument("--preset", metavar=choices(PRESETS), help="start from a named config")
         q.add_argument("--config", metavar="FILE", help="a JSON config (complete or partial; over --preset)")
         q.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend", help=set_help)
 
@@ -190,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-every", type=int)
     t.add_argument("--save-every", type=int)
     t.add_argument("--val-fraction", type=float, help="fraction of train held out when ROOT/val is absent")
-    t.add_argument("--schedule", choices=list(SCHEDULES), help="beta schedule (default: scaled, see docs)")
+    t.add_argument("--schedule", metavar=choices(SCHEDULES), help="beta schedule (default: scaled, see docs)")
     t.add_argument("--num-workers", type=int, help="data-loading worker processes")
     t.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
@@ -226,19 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--generations", type=int, help="samples averaged per image (paper: 30)")
     r.add_argument("--steps", type=int, help="sampling steps K <= T (respaced; paper: 100 = T); = sampling_steps")
-    r.add_argument("--sampler", choices=list(SAMPLERS))
-    r.add_argument("--variance", choices=list(VARIANCES), help="DDPM variance beta_t or beta-tilde_t (ddpm only)")
+    r.add_argument("--sampler", metavar=choices(SAMPLERS))
+    r.add_argument("--variance", metavar=choices(VARIANCES), help="DDPM variance beta_t or beta-tilde_t (ddpm only)")
     r.add_argument("--eta", type=float, help="DDIM stochasticity (ddim only)")
     r.add_argument("--seed", type=int, help="noise seed (default 0)")
     r.add_argument("--weights", default="best", choices=["best", "ema", "raw"])
     r.add_argument(
         "--mode",
-        choices=list(PREDICT_MODES),
+        metavar=choices(PREDICT_MODES),
         help="images of another size than the training size: resize and back, sliding windows, or pad "
         "(default: the preset's)",
     )
     r.add_argument("--tile-stride", type=int, help="window stride for --mode tile (default: the window size)")
-    r.add_argument("--blend", choices=list(BLENDS), help="weights of overlapping windows")
+    r.add_argument("--blend", metavar=choices(BLENDS), help="weights of overlapping windows")
     r.add_argument("--batch-images", type=int, default=4, help="images of one size per batch")
     r.add_argument("--batch-generations", type=int, help="generations x windows per network call (memory)")
     r.add_argument("--save-generations", action="store_true", help="also write every generation")
