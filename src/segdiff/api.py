@@ -7,6 +7,7 @@ out.mask, out.prob, out.uncertainty                     # [B, H, W]
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .data.transforms import resize_image
 from .diffusion import make_schedule, training_loss
 from .errors import CheckpointError, UserError
 from .model import SegDiffUNet
-from .predict.ensemble import pad_to_stride, sample_x0, summarise
+from .predict.ensemble import network_calls, pad_to_stride, sample_x0, summarise
 from .predict.tiling import Stitcher, blend_weight, windows
 from .train.checkpoint import load_into, read_weights, state_dict_cpu, write_files
 
@@ -105,9 +106,30 @@ class SegDiff:
         base = self.config.predict if base is None else base
         return base.override(overrides, T=self.config.diffusion.steps, size=self.config.data.size)
 
+    def network_calls(self, height: int, width: int, batch: int = 1, opts: PredictConfig | None = None) -> int:
+        """How many network calls `predict` makes for `batch` images of height x width under `opts` (the
+        total that an `on_step` progress callback counts up to)."""
+        opts = opts or self.sampling_options()
+        size, T = self.config.data.size, len(self.schedule)
+        if opts.mode == "tile" and (height > size or width > size):
+            if min(height, width) < size:
+                height, width = height + (-height) % size, width + (-width) % size
+            n = len(windows(height, width, size, opts.tile_stride or size))
+            per_call = max(1, opts.batch_generations // max(1, opts.generations))
+            return batch * sum(network_calls(min(per_call, n - i), opts, T) for i in range(0, n, per_call))
+        return network_calls(batch, opts, T)
+
     @torch.no_grad()
-    def predict_x0(self, image, keys: list | None = None, opts: PredictConfig | None = None) -> torch.Tensor:
-        """Every generation's x0 at the input's resolution: [B, G, H, W], by opts.mode (resize, tile, pad)."""
+    def predict_x0(
+        self,
+        image,
+        keys: list | None = None,
+        opts: PredictConfig | None = None,
+        on_step: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """Every generation's x0 at the input's resolution: [B, G, H, W], by opts.mode (resize, tile, pad).
+
+        on_step, if given, is called after every network call (`network_calls` says how many there are)."""
         opts = opts or self.sampling_options()
         self.net.eval()
         image = self._as_batch(image)
@@ -117,16 +139,16 @@ class SegDiff:
         x = self.normalize(image)
         if opts.mode == "resize":
             small = resize_image(x, (size, size))
-            x0 = sample_x0(self.net, self.schedule, small, keys, opts)
+            x0 = sample_x0(self.net, self.schedule, small, keys, opts, on_step)
             return resize_image(x0, (H, W))
         if opts.mode == "tile" and (H > size or W > size):
-            return torch.stack([self._tiled(x[b : b + 1], keys[b], opts) for b in range(B)])
+            return torch.stack([self._tiled(x[b : b + 1], keys[b], opts, on_step) for b in range(B)])
         if opts.mode not in ("pad", "tile"):
             raise UserError(f"predict.mode {opts.mode!r}: use 'resize', 'tile' or 'pad'")
         padded, _ = pad_to_stride(x, stride)
-        return sample_x0(self.net, self.schedule, padded, keys, opts)[..., :H, :W]
+        return sample_x0(self.net, self.schedule, padded, keys, opts, on_step)[..., :H, :W]
 
-    def _tiled(self, x: torch.Tensor, key, opts: PredictConfig) -> torch.Tensor:
+    def _tiled(self, x: torch.Tensor, key, opts: PredictConfig, on_step=None) -> torch.Tensor:
         """[1, 3, H, W] -> [G, H, W]: windows of the training size, G(I) per window, blended.
 
         Windows go through the network in groups of about batch_generations / G, and are stitched as
@@ -143,7 +165,7 @@ class SegDiff:
             group = starts[i0 : i0 + per_call]
             crops = torch.cat([padded[..., y : y + tile, xx : xx + tile] for y, xx in group])
             wkeys = [(*base, "window", i) for i in range(i0, i0 + len(group))]
-            stitcher.add(sample_x0(self.net, self.schedule, crops, wkeys, opts), group)  # [n, G, tile, tile]
+            stitcher.add(sample_x0(self.net, self.schedule, crops, wkeys, opts, on_step), group)  # [n, G, tile, tile]
         return stitcher.result()[..., :H, :W]
 
     def predict(
@@ -156,16 +178,18 @@ class SegDiff:
         keys: list | None = None,
         return_samples: bool = False,
         opts: PredictConfig | None = None,
+        on_step: Callable[[], None] | None = None,
         **options,
     ) -> Prediction:
         """Multiple generations (paper 4.1) -> Prediction with tensors on the CPU.
 
         image: [H, W, 3] array or [3, H, W] / [B, 3, H, W] tensor in [0, 1]. The protocol is `opts` (default:
         the config's `predict` section) with the given arguments and `options` (other PredictConfig fields,
-        e.g. variance="small", eta=0.5, mode="tile") overriding it; values are checked first.
+        e.g. variance="small", eta=0.5, mode="tile") overriding it; values are checked first. on_step, if
+        given, is called after every network call (progress; `network_calls` gives the total).
         """
         opts = self.sampling_options(opts, generations=generations, steps=steps, sampler=sampler, seed=seed, **options)
-        s = summarise(self.predict_x0(image, keys, opts))
+        s = summarise(self.predict_x0(image, keys, opts, on_step))
         return Prediction(
             s["mask"].cpu(), s["prob"].cpu(), s["uncertainty"].cpu(), s["samples"].cpu() if return_samples else None
         )

@@ -1,4 +1,4 @@
-"""The `segdiff` command: train | predict | config | evaluate | prepare | demo | benchmark | study."""
+"""The `segdiff` command: train | predict | config | evaluate | prepare | serve | demo | benchmark | study."""
 
 from __future__ import annotations
 
@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.prepare.cli import add_parser as add_prepare
 
     add_prepare(sub)
+    from .serve.cli import add_parser as add_serve
+
+    add_serve(sub)
 
     d = sub.add_parser("demo", help="synthetic data -> train tiny -> predict -> evaluate -> report (no download)")
     d.add_argument("--out", default="segdiff-demo")

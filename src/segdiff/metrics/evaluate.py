@@ -259,10 +259,14 @@ def evaluate_dirs(
         rows.append(row | {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])})
 
     summary = summarize(rows, paper_compat, calib)
+    # the folders scored (absolute), so that a reader such as `segdiff serve --eval` finds the files again;
+    # uncertainty: the uncertainty maps of a `segdiff predict` output folder, when there are any
+    unc_dir = Path(pred) / "uncertainty"
     summary["inputs"] = {
-        "pred": str(mask_dir),
-        "gt": str(gt_dir),
-        "prob": None if prob_dir is None else str(prob_dir),
+        "pred": str(mask_dir.resolve()),
+        "gt": str(gt_dir.resolve()),
+        "prob": None if prob_dir is None else str(prob_dir.resolve()),
+        "uncertainty": str(unc_dir.resolve()) if mask_dir != Path(pred) and unc_dir.is_dir() else None,
     }
     if out is not None:
         summary["outputs"] = _write_outputs(out, summary, rows, calib if reliability_png else None)

@@ -7,6 +7,7 @@ standard deviation; mask = probability >= 0.5.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,12 +36,21 @@ def noise_keys(image_keys: list, generations: int, seed: int) -> list[list[tuple
 
 
 @torch.no_grad()
-def sample_x0(net, sched: Schedule, image: torch.Tensor, keys: list, opts: PredictConfig) -> torch.Tensor:
+def sample_x0(
+    net,
+    sched: Schedule,
+    image: torch.Tensor,
+    keys: list,
+    opts: PredictConfig,
+    on_step: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """x0 of every generation for a batch of normalised images.
 
     image: [B, 3, H, W] (H, W multiples of the network stride); keys: one key per image (an int, a str or
     a tuple) from which the noise of its generations is drawn. Returns [B, G, H, W] in x0 space.
     The network batch holds b images x g generations with b * g <= batch_generations.
+    on_step, if given, is called after every network call of the sampling loop (progress reporting);
+    `network_calls` says how many there will be.
     """
     B, _, H, W = image.shape
     G = opts.generations
@@ -57,12 +67,20 @@ def sample_x0(net, sched: Schedule, image: torch.Tensor, keys: list, opts: Predi
 
         def eps_fn(x, t, c=c):
             with autocast(device, opts.amp):
-                return fwd(x, t, c)
+                eps = fwd(x, t, c)
+            if on_step is not None:
+                on_step()
+            return eps
 
         steps = opts.steps_for(len(sched))
         x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, steps, opts.variance, opts.eta, opts.clip_x0)
         out[b0:b1, g0:g1] = x0.view(b1 - b0, g1 - g0, H, W)
     return out
+
+
+def network_calls(batch: int, opts: PredictConfig, T: int) -> int:
+    """How many network calls `sample_x0` makes for `batch` images under `opts` on a chain of T steps."""
+    return opts.steps_for(T) * len(list(_chunks(batch, opts.generations, max(1, opts.batch_generations))))
 
 
 class _CompiledCache(dict):

@@ -1,0 +1,192 @@
+"""The evaluation browser's data: a `segdiff evaluate --out SUMMARY.json` result and the files it scored.
+
+SUMMARY.json names its folders (inputs.pred, inputs.gt, inputs.prob, inputs.uncertainty); its per-image
+scores are in the CSV beside it. The folders are listed once, at start-up, into an index
+stem -> file; a request names a row number and a kind of map, never a path. Every file is also checked,
+after resolving links, to lie inside its folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from ..data.folder import list_files
+from ..data.io import IMAGE_EXTS, MASK_EXTS, read_image, read_mask, to_u8
+from ..errors import UserError
+from ..metrics.evaluate import list_prob_files, output_paths, read_prob
+from ..predict.export import heatmap
+
+# error map colours: true negative, true positive, false positive, false negative
+ERROR_COLOURS = {
+    "tn": (0, 0, 0),
+    "tp": (160, 160, 160),
+    "fp": (255, 140, 0),  # orange: predicted, not in the ground truth
+    "fn": (30, 144, 255),  # blue: in the ground truth, missed
+}
+KINDS = ("image", "gt", "pred", "error", "prob", "uncertainty")
+SCORE_COLUMNS = ("iou", "f1", "boundf", "calibration", "wcov")
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def find_folder(text: str | None, summary: Path, what: str) -> Path | None:
+    """A folder named in the summary: absolute, or relative to the working folder, the summary's folder or
+    one of its parents (where `segdiff evaluate` may have run)."""
+    if not text:
+        return None
+    p = Path(text)
+    candidates = [p] if p.is_absolute() else [Path.cwd() / p, *(d / p for d in summary.resolve().parents)]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    raise UserError(f"{summary}: its {what} folder '{text}' was not found (run segdiff serve where evaluate ran)")
+
+
+def _number(text: str | None) -> float | None:
+    if text in (None, ""):
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+class EvalIndex:
+    def __init__(self, summary_path: str | Path, images: str | Path | None = None):
+        summary_path = Path(summary_path)
+        if not summary_path.is_file():
+            raise UserError(f"--eval {summary_path}: file not found (give the .json that segdiff evaluate --out wrote)")
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"--eval {summary_path}: not a readable JSON file ({exc})") from None
+        inputs = summary.get("inputs") if isinstance(summary, dict) else None
+        if not isinstance(inputs, dict) or not inputs.get("pred") or not inputs.get("gt"):
+            raise UserError(
+                f"--eval {summary_path}: no 'inputs' with the prediction and ground-truth folders; "
+                "give a summary written by segdiff evaluate --out (re-run evaluate if it is an older one)"
+            )
+        self.summary_path = summary_path
+        self.summary = summary
+        folders = {
+            "pred": find_folder(inputs.get("pred"), summary_path, "prediction"),
+            "gt": find_folder(inputs.get("gt"), summary_path, "ground-truth"),
+            "prob": find_folder(inputs.get("prob"), summary_path, "probability"),
+            "uncertainty": find_folder(inputs.get("uncertainty"), summary_path, "uncertainty"),
+        }
+        if images is not None:
+            images = Path(images)
+            if not images.is_dir():
+                raise UserError(f"--images {images}: folder not found")
+            folders["image"] = (images / "images" if (images / "images").is_dir() else images).resolve()
+        self.folders = {k: v for k, v in folders.items() if v is not None}
+        listed = {
+            "pred": list_files(self.folders["pred"], MASK_EXTS, "predicted mask"),
+            "gt": list_files(self.folders["gt"], MASK_EXTS, "ground-truth mask"),
+        }
+        if "prob" in self.folders:
+            listed["prob"] = list_prob_files(self.folders["prob"])
+        if "uncertainty" in self.folders:
+            listed["uncertainty"] = list_prob_files(self.folders["uncertainty"])
+        if "image" in self.folders:
+            listed["image"] = list_files(self.folders["image"], IMAGE_EXTS, "image")
+        self.rows = self._read_rows(summary_path)
+        self.files = [{k: v[r["stem"]] for k, v in listed.items() if r["stem"] in v} for r in self.rows]
+        missing = [r["stem"] for r, f in zip(self.rows, self.files) if "pred" not in f or "gt" not in f]
+        if missing:
+            raise UserError(f"--eval {summary_path}: no prediction or ground truth for '{missing[0]}' any more")
+
+    def _read_rows(self, summary_path: Path) -> list[dict]:
+        csv_path = output_paths(summary_path)["per_image_csv"]
+        if not csv_path.is_file():
+            raise UserError(f"--eval {summary_path}: its per-image scores {csv_path.name} are not beside it")
+        with open(csv_path, newline="") as fh:
+            rows = []
+            for i, r in enumerate(csv.DictReader(fh)):
+                if not r.get("stem"):
+                    raise UserError(f"{csv_path}: row {i + 2} has no stem")
+                rows.append(
+                    {"index": i, "stem": r["stem"], **{c: _number(r.get(c)) for c in SCORE_COLUMNS}}
+                    | {"gt_pixels": _number(r.get("gt_pixels")), "pred_pixels": _number(r.get("pred_pixels"))}
+                )
+        if not rows:
+            raise UserError(f"{csv_path}: no per-image rows")
+        return rows
+
+    def info(self) -> dict:
+        kinds = [k for k in KINDS if k in ("gt", "pred", "error") or k in self.folders]
+        s = self.summary
+        keep = ("n_images", "iou", "f1", "iou_pooled", "f1_pooled", "wcov", "weighted_coverage", "boundf")
+        summary = {k: s.get(k) for k in keep}
+        cal = s.get("calibration")
+        if isinstance(cal, dict):
+            summary |= {"calibration": cal.get("mean"), "calibration_stderr": cal.get("stderr"), "ece": cal.get("ece")}
+        policy = s.get("policy") if isinstance(s.get("policy"), dict) else {}
+        return {
+            "summary": summary,
+            "policy": policy.get("mode"),
+            "warnings": s.get("warnings") or [],
+            "file": self.summary_path.name,
+            "rows": self.rows,
+            "kinds": kinds,
+            "colours": {k: "#{:02x}{:02x}{:02x}".format(*c) for k, c in ERROR_COLOURS.items()},
+        }
+
+    def _file(self, index: int, kind: str) -> Path | None:
+        if not 0 <= index < len(self.rows):
+            return None
+        path = self.files[index].get(kind)
+        if path is None:
+            return None
+        root = self.folders[kind]
+        real = path.resolve()
+        if not real.is_relative_to(root) or not real.is_file():
+            return None  # a link leading out of its folder is never followed
+        return real
+
+    def render(self, index: int, kind: str) -> bytes | None:
+        """PNG bytes of one map of row `index`, or None when there is none."""
+        if kind == "error":
+            pred, gt = self._file(index, "pred"), self._file(index, "gt")
+            if pred is None or gt is None:
+                return None
+            return png_bytes(error_map(read_mask(pred), read_mask(gt)))
+        path = self._file(index, kind) if kind in KINDS else None
+        if path is None:
+            return None
+        if kind == "image":
+            return png_bytes(to_u8(read_image(path)))
+        if kind in ("gt", "pred"):
+            return png_bytes(np.where(read_mask(path), 255, 0).astype(np.uint8))
+        if kind == "prob":
+            return png_bytes(to_u8(read_prob(path)))
+        # uncertainty: a float map is drawn as `segdiff predict` draws it; a PNG is already drawn
+        if path.suffix.lower() == ".png":
+            return png_bytes(to_u8(read_image(path)))
+        arr = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else tifffile.imread(str(path))
+        return png_bytes(heatmap(np.squeeze(np.asarray(arr, dtype=np.float32)), 0.5))
+
+
+def error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """RGB uint8 [H, W, 3]: false positives and false negatives in two colours, hits grey, the rest black."""
+    if pred.shape != gt.shape:
+        raise UserError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")
+    out = np.empty((*gt.shape, 3), np.uint8)
+    out[:] = ERROR_COLOURS["tn"]
+    out[pred & gt] = ERROR_COLOURS["tp"]
+    out[pred & ~gt] = ERROR_COLOURS["fp"]
+    out[~pred & gt] = ERROR_COLOURS["fn"]
+    return out
