@@ -8,7 +8,7 @@ out.mask, out.prob, out.uncertainty                     # [B, H, W]
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from .data.transforms import resize_image
 from .diffusion import make_schedule, training_loss
 from .errors import CheckpointError, UserError
 from .model import SegDiffUNet
+from .predict import compiling
 from .predict.ensemble import network_calls, pad_to_stride, sample_x0, summarise
 from .predict.tiling import Stitcher, blend_weight, windows
 from .train.checkpoint import load_into, read_weights, state_dict_cpu, write_files
@@ -119,6 +120,31 @@ class SegDiff:
             return batch * sum(network_calls(min(per_call, n - i), opts, T) for i in range(0, n, per_call))
         return network_calls(batch, opts, T)
 
+    def network_inputs(self, shape: tuple[int, int], opts: PredictConfig) -> tuple[tuple[int, int], int]:
+        """The network input size and the number of inputs (1, or the windows) for an image of `shape` (H, W)."""
+        size, stride = self.config.data.size, self.config.model.stride
+        H, W = shape
+        if opts.mode == "resize":
+            return (size, size), 1
+        if opts.mode == "tile" and (H > size or W > size):
+            h, w = (-(-H // size) * size, -(-W // size) * size) if min(H, W) < size else (H, W)
+            return (size, size), len(windows(h, w, size, opts.tile_stride or size))
+        return (-(-H // stride) * stride, -(-W // stride) * stride), 1
+
+    def resolve_compile(self, opts: PredictConfig, shapes: list[tuple[int, int]], repeats: int = 1) -> PredictConfig:
+        """`opts` with compile="auto" resolved for the work ahead: images of `shapes` (H, W), each sampled
+        `repeats` times (segdiff.predict.compiling.auto_compile). The decision is kept in `compile_decision`."""
+        if opts.compile != "auto":
+            self.compile_decision = compiling.CompileDecision(opts.compile, "set explicitly")
+            return opts
+        work: dict[tuple[int, int], int] = {}
+        for shape in shapes:
+            size, n = self.network_inputs(tuple(shape), opts)
+            work[size] = work.get(size, 0) + n * repeats
+        steps = opts.steps_for(self.config.diffusion.steps)
+        self.compile_decision = compiling.decide(self.net, opts, self.device, list(work.items()), steps)
+        return replace(opts, compile=self.compile_decision.mode)
+
     @torch.no_grad()
     def predict_x0(
         self,
@@ -126,27 +152,34 @@ class SegDiff:
         keys: list | None = None,
         opts: PredictConfig | None = None,
         on_step: Callable[[], None] | None = None,
+        full_batch: int | None = None,
     ) -> torch.Tensor:
         """Every generation's x0 at the input's resolution: [B, G, H, W], by opts.mode (resize, tile, pad).
 
-        on_step, if given, is called after every network call (`network_calls` says how many there are)."""
+        on_step, if given, is called after every network call (`network_calls` says how many there are).
+        full_batch: the images per call of the run this call belongs to (predict_folder's batch): while
+        compiling, a smaller last call is padded to the network batch shape of a full one.
+        """
         opts = opts or self.sampling_options()
         self.net.eval()
         image = self._as_batch(image)
         B, _, H, W = image.shape
+        opts = self.resolve_compile(opts, [(H, W)] * B)
         keys = list(range(B)) if keys is None else keys
         size, stride = self.config.data.size, self.config.model.stride
+        G, bg = opts.generations, opts.batch_generations
+        rows = compiling.chunk_rows(max(B, full_batch or 0), G, bg)
         x = self.normalize(image)
         if opts.mode == "resize":
             small = resize_image(x, (size, size))
-            x0 = sample_x0(self.net, self.schedule, small, keys, opts, on_step)
+            x0 = sample_x0(self.net, self.schedule, small, keys, opts, on_step, pad_rows=rows)
             return resize_image(x0, (H, W))
         if opts.mode == "tile" and (H > size or W > size):
             return torch.stack([self._tiled(x[b : b + 1], keys[b], opts, on_step) for b in range(B)])
         if opts.mode not in ("pad", "tile"):
             raise UserError(f"predict.mode {opts.mode!r}: use 'resize', 'tile' or 'pad'")
         padded, _ = pad_to_stride(x, stride)
-        return sample_x0(self.net, self.schedule, padded, keys, opts, on_step)[..., :H, :W]
+        return sample_x0(self.net, self.schedule, padded, keys, opts, on_step, pad_rows=rows)[..., :H, :W]
 
     def _tiled(self, x: torch.Tensor, key, opts: PredictConfig, on_step=None) -> torch.Tensor:
         """[1, 3, H, W] -> [G, H, W]: windows of the training size, G(I) per window, blended.
@@ -165,7 +198,9 @@ class SegDiff:
             group = starts[i0 : i0 + per_call]
             crops = torch.cat([padded[..., y : y + tile, xx : xx + tile] for y, xx in group])
             wkeys = [(*base, "window", i) for i in range(i0, i0 + len(group))]
-            stitcher.add(sample_x0(self.net, self.schedule, crops, wkeys, opts, on_step), group)  # [n, G, tile, tile]
+            rows = compiling.chunk_rows(per_call, opts.generations, opts.batch_generations)  # the last group too
+            x0 = sample_x0(self.net, self.schedule, crops, wkeys, opts, on_step, pad_rows=rows)
+            stitcher.add(x0, group)  # [n, G, tile, tile]
         return stitcher.result()[..., :H, :W]
 
     def predict(
@@ -179,6 +214,7 @@ class SegDiff:
         return_samples: bool = False,
         opts: PredictConfig | None = None,
         on_step: Callable[[], None] | None = None,
+        full_batch: int | None = None,
         **options,
     ) -> Prediction:
         """Multiple generations (paper 4.1) -> Prediction with tensors on the CPU.
@@ -187,9 +223,11 @@ class SegDiff:
         the config's `predict` section) with the given arguments and `options` (other PredictConfig fields,
         e.g. variance="small", eta=0.5, mode="tile") overriding it; values are checked first. on_step, if
         given, is called after every network call (progress; `network_calls` gives the total).
+        compile="auto" (the default) is resolved for this call's images unless `opts` comes resolved
+        (`resolve_compile`); full_batch: see `predict_x0`.
         """
         opts = self.sampling_options(opts, generations=generations, steps=steps, sampler=sampler, seed=seed, **options)
-        s = summarise(self.predict_x0(image, keys, opts, on_step))
+        s = summarise(self.predict_x0(image, keys, opts, on_step, full_batch))
         return Prediction(
             s["mask"].cpu(), s["prob"].cpu(), s["uncertainty"].cpu(), s["samples"].cpu() if return_samples else None
         )

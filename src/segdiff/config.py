@@ -28,7 +28,7 @@ VARIANCES = ("large", "small")
 PREDICT_MODES = ("resize", "tile", "pad")
 BLENDS = ("uniform", "gaussian")
 AMP_MODES = ("auto", "bf16", "fp16", "fp32")
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
 SCHEDULES = ("scaled", "paper")
 TIME_EMBEDDINGS = ("sinusoidal", "learned")
 
@@ -221,10 +221,13 @@ class PredictConfig:
     blend: str = "uniform"  # weights of overlapping windows: "uniform" or "gaussian" (lower at borders)
     batch_generations: int = 30  # generations x windows per network batch (memory)
     amp: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "bf16", "fp16", "fp32"
-    # Speed flags, off by default until measured on a GPU (`segdiff benchmark --variants`):
+    # Speed flags (`segdiff benchmark --variants`); channels_last is off until measured faster on a GPU:
     channels_last: bool = False  # convert the network's weights to channels-last (in place, idempotent)
-    # torch.compile the noise predictor: "off", "default", "reduce-overhead" (CUDA graphs), "max-autotune"
-    compile: str = "off"
+    # torch.compile the noise predictor: "auto" (CUDA: compile when the work ahead repays the compile time,
+    # segdiff.predict.compiling; CPU: eager), "off", "default", "reduce-overhead" (CUDA graphs), "max-autotune"
+    compile: str = "auto"
+    # folder of the persistent compile caches; None = $SEGDIFF_CACHE_DIR or ~/.cache/segdiff/inductor
+    compile_cache: str | None = None
     seed: int = 0  # the noise of generation k of an image is keyed by (seed, image key, k)
 
     def steps_for(self, T: int) -> int:
@@ -551,6 +554,8 @@ RESUMABLE = (
     "train.val_every",
     "train.save_every",
     "train.num_workers",
+    "predict.compile",  # how validation runs the same network, not what a training step computes
+    "predict.compile_cache",
 )
 _DERIVED = ("data.mean", "data.std")  # set from the training images when the run starts
 

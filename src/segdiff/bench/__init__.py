@@ -75,7 +75,21 @@ def _add_benchmark(sub) -> None:
     b.add_argument(
         "--threads", type=int, help="CPU threads (torch.set_num_threads); 1 avoids OpenMP spinning on a busy machine"
     )
+    b.add_argument(
+        "--compile-times",
+        action="store_true",
+        help="per preset: compile time cold and warm, each in a fresh process (an empty cache folder, then the same)",
+    )
+    b.add_argument(
+        "--compile-cache", help="where the compiled variants' cache folders go (default: a temporary folder)"
+    )
+    b.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="torch.profiler over 2 sampling steps of the first preset: top kernels and the SDPA kernel, to DIR",
+    )
     b.add_argument("--out", help="write the JSON report to this file")
+    b.add_argument("--md", help="write the results table (markdown) to this file")
     b.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     b.set_defaults(func=_run_benchmark)
 

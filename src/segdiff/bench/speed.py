@@ -26,8 +26,14 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -35,6 +41,7 @@ from pathlib import Path
 import torch
 
 from ..config import PredictConfig, RunConfig, preset
+from ..predict import compiling
 from ..predict.ensemble import sample_x0
 from .reference import reference_amp, reference_sample_x0
 
@@ -80,6 +87,10 @@ class Protocol:
     train: bool = True
     matmul_n: int | None = None  # None: 8192 on CUDA, 1024 on CPU
     quick: bool = False
+    compile_times: bool = False  # cold and warm compile in fresh processes (compile_probe)
+    compile_cache: str | None = None  # cache folder of the compiled variants (None: a fresh one per run)
+    preset_default: bool = True  # also seconds per image at the preset's own default protocol
+    profile: str | None = None  # folder: torch.profiler summary of the first preset's sampling steps
 
 
 def _sync(device: torch.device) -> None:
@@ -195,9 +206,16 @@ def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> di
     G, K, Km = proto.generations, proto.steps, min(proto.measure_steps, proto.steps)
     bg = proto.batch_generations or cfg.predict.batch_generations
     base = PredictConfig(
-        generations=G, sampling_steps=Km, sampler=proto.sampler, variance=proto.variance, batch_generations=bg
+        generations=G,
+        sampling_steps=Km,
+        sampler=proto.sampler,
+        variance=proto.variance,
+        batch_generations=bg,
+        compile="off",  # the variant "default" is eager; compiled variants set compile
+        compile_cache=proto.compile_cache,
     )
     scale_steps = K / Km
+    calls_per_step = compiling.calls_for(1, G, bg, 1)  # network calls per sampling step for one image
 
     # FLOPs of one network forward per generation (batch 1) and of G(I) for one image (counts do not
     # depend on the precision)
@@ -218,6 +236,7 @@ def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> di
         "gflops_per_forward_without_G": flops_net / 1e9,
         "gflops_G_per_image": flops_g / 1e9,
         "batch_generations": bg,
+        "rows_per_call": compiling.chunk_rows(1, G, bg),
         "fast": {},
         "reference": {},
     }
@@ -252,17 +271,51 @@ def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> di
         opts = replace(base, **variant_overrides(variant))
         vnet = net if variant == "default" else copy.deepcopy(net)  # channels_last converts in place
         run = lambda vnet=vnet, opts=opts: sample_x0(vnet, sched, image, [0], opts)  # noqa: E731
-        # a compiled variant compiles in its first call; CUDA-graph trees record in the next ones
+        # a compiled variant compiles in its first call (timed on its own); CUDA-graph trees record in the next
         warmup = max(proto.warmup, 2) if opts.compile != "off" else proto.warmup
+        first_call = None
         with PeakMemory(device) as mem:
+            if opts.compile != "off":
+                first_call = _timed(run, device, repeats=1, warmup=0)[0]
+                warmup -= 1
             times = _timed(run, device, proto.repeats, warmup)
         flops = flops_g + G * Km * flops_net
         amp = "bf16" if device.type == "cuda" else "fp32"
         record("fast", variant, times, flops, scale_steps, _label(Km, K, G, G), mem, amp, warmup)
+        r = out["fast"][variant]
+        # per network call of rows_per_call rows (G(I), once per image, is spread over the calls)
+        r["ms_per_call"] = 1000 * r["measured_seconds"] / (calls_per_step * Km)
+        r["compile"] = opts.compile
+        if first_call is not None:
+            r["first_call_seconds"] = first_call  # compiles (warm when the cache folder already holds it)
+            r["in_process_compile_seconds"] = first_call - r["measured_seconds"]
         if vnet is not net:
             del vnet
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+    if proto.preset_default and "default" in out["fast"]:
+        # the preset's own default protocol (generations, steps, batch): the same per-call time when its
+        # network batches are the protocol's, else timed on its own batches
+        p = cfg.predict
+        Gp, Kp, bgp = p.generations, p.steps_for(cfg.diffusion.steps), p.batch_generations
+        eager = out["fast"]["default"]
+        if (Gp, bgp) == (G, bg):
+            sec = eager["ms_per_call"] / 1000 * compiling.calls_for(1, Gp, bgp, Kp)
+            how = "per-call time of the protocol's batches (the same network batches)"
+        else:
+            km = min(Km, Kp)
+            popts = replace(base, generations=Gp, sampling_steps=km, batch_generations=bgp)
+            t = statistics.median(_timed(lambda: sample_x0(net, sched, image, [0], popts), device, proto.repeats, 1))
+            sec, how = t * Kp / km, _label(km, Kp, Gp, Gp) + " (its own batches)"
+        out["preset_default"] = {
+            "generations": Gp,
+            "steps": Kp,
+            "batch_generations": bgp,
+            "sampler": p.sampler,
+            "seconds_per_image_eager": sec,
+            "how": how,
+        }
 
     if proto.reference:
         # one generation after another: time is linear in the generations, so a subset may be scaled;
@@ -372,25 +425,197 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-def run_benchmark(presets: list, device: torch.device, proto: Protocol, progress=print) -> dict:
-    """presets: names (or RunConfig objects, for tests). Returns the JSON-ready report."""
+def compile_times(
+    name: str, device: torch.device, rows: int, mode: str, folder: str, threads: int | None = None
+) -> dict:
+    """Cold and warm compile of preset `name`'s network in fresh processes (segdiff.bench.compile_probe):
+    the first run fills the empty cache `folder`, the second finds it filled."""
+    import segdiff
+
+    env = dict(os.environ)
+    src = str(Path(segdiff.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "segdiff.bench.compile_probe", "--preset", name, "--rows", str(rows)]
+    cmd += ["--cache", folder, "--device", str(device), "--mode", mode]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    out: dict = {"cache_folder": folder, "mode": mode, "rows": rows}
+    for label in ("cold", "warm"):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            out[label] = {"error": f"exit {proc.returncode}: {tail}", "process_wall_s": wall}
+            break
+        out[label] = {**json.loads(proc.stdout.strip().splitlines()[-1]), "process_wall_s": wall}
+    return out
+
+
+def auto_rule(res: dict, device: torch.device, proto: Protocol) -> dict:
+    """What compile="auto" decides for this preset (its constants), and the same rule with this run's numbers."""
+    G, K, bg = proto.generations, proto.steps, res["batch_generations"]
+    calls = compiling.calls_for(1, G, bg, K)
+    rows = res["rows_per_call"]
+    est_call = rows * res["gflops_per_forward_without_G"] * 1e9 / (compiling.EAGER_TFLOPS * 1e12)
+
+    def break_even(per_call: float, compile_s: float, speedup: float) -> int | None:
+        gain = calls * per_call * (1 - 1 / speedup)
+        return math.ceil(compile_s / gain) if gain > 0 else None
+
+    one = compiling.auto_compile(device.type, calls, est_call)
+    out = {
+        "calls_per_image": calls,
+        "rule": "compile <=> calls * seconds_per_call * (1 - 1/speedup) > compile_seconds (CUDA only)",
+        "constants": {
+            "compile_seconds": compiling.COMPILE_SECONDS,
+            "speedup": compiling.SPEEDUP,
+            "eager_tflops": compiling.EAGER_TFLOPS,
+            "estimated_seconds_per_call": est_call,
+        },
+        "one_image_decision": one.mode,
+        "one_image_reason": one.reason,
+        "images_to_compile": break_even(est_call, compiling.COMPILE_SECONDS, compiling.SPEEDUP)
+        if device.type == "cuda"
+        else None,
+    }
+    eager = res["fast"].get("default")
+    compiled = next((r for r in res["fast"].values() if r.get("compile", "off") != "off"), None)
+    if eager and compiled:
+        cold = res.get("compile_times", {}).get("cold", {}).get("compile_s")
+        compile_s = cold if cold is not None else compiled.get("in_process_compile_seconds")
+        speedup = eager["seconds_per_image"] / compiled["seconds_per_image"]
+        per_call = eager["ms_per_call"] / 1000
+        out["measured"] = {
+            "seconds_per_call": per_call,
+            "speedup": speedup,
+            "compile_seconds": compile_s,
+            "compile_seconds_from": "cold process" if cold is not None else "first call in this process",
+            "images_to_compile": break_even(per_call, compile_s, speedup) if compile_s is not None else None,
+        }
+    return out
+
+
+def profile_sampling(cfg: RunConfig, device: torch.device, proto: Protocol, folder: Path, rows: int = 25) -> dict:
+    """torch.profiler over 2 sampling steps of one image (compiled with the first compiled variant's mode,
+    after a warm-up call, else eager): the top kernels by device time, and which attention kernel SDPA runs.
+    Writes profile.json and profile.txt (small) to `folder`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ..api import SegDiff
+
+    torch.manual_seed(0)
+    model = SegDiff(cfg, device)
+    net, sched, image = model.net.eval(), model.schedule, _random_image(cfg, device)
+    mode = next(
+        (variant_overrides(v).get("compile") for v in proto.variants if variant_overrides(v).get("compile")), "off"
+    )
+    bg = proto.batch_generations or cfg.predict.batch_generations
+    opts = PredictConfig(
+        generations=proto.generations,
+        sampling_steps=2,
+        batch_generations=bg,
+        compile=mode,
+        compile_cache=proto.compile_cache,
+    )
+    sample_x0(net, sched, image, [0], opts)  # warm-up (and compile)
+    _sync(device)
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        sample_x0(net, sched, image, [0], opts)
+        _sync(device)
+    events = prof.key_averages()
+
+    def dev_time(e) -> float:  # microseconds; the attribute was renamed across torch versions
+        for attr in ("self_device_time_total", "self_cuda_time_total"):
+            if cuda and hasattr(e, attr):
+                return float(getattr(e, attr))
+        return float(e.self_cpu_time_total)
+
+    total = sum(dev_time(e) for e in events) or 1.0
+    top = sorted(events, key=dev_time, reverse=True)[:rows]
+    attention = [
+        e
+        for e in events
+        if re.search(
+            r"flash|fmha|efficient_attention|cudnn.*(attn|attention|sdpa|mha)|_sdpa|scaled_dot_product", e.key, re.I
+        )
+    ]
+    # op and kernel names: aten::_scaled_dot_product_{flash,efficient,cudnn}_attention, _attention_math;
+    # kernels flash_fwd_*, fmha_cutlassF_* (memory-efficient), cudnn_*sdpa* (cuDNN's names may also say flash)
+    names = " ".join(e.key.lower() for e in attention)
+    if "cudnn" in names:
+        backend = "cudnn"
+    elif "flash" in names:
+        backend = "flash"
+    elif "efficient" in names or "cutlassf" in names:
+        backend = "efficient"
+    elif "math" in names:
+        backend = "math"
+    else:
+        backend = "none seen" if not names else "other"
+    summary = {
+        "preset": cfg.preset,
+        "device": str(device),
+        "compile": mode,
+        "what": f"one image, {proto.generations} generations, 2 sampling steps (+ G(I)), {bg} per batch",
+        "time_kind": "self device time" if cuda else "self CPU time",
+        "total_us": total,
+        "top": [{"name": e.key[:160], "us": dev_time(e), "share": dev_time(e) / total, "calls": e.count} for e in top],
+        "attention_kernels": [{"name": e.key[:160], "us": dev_time(e), "calls": e.count} for e in attention],
+        "sdpa_backend": backend,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    try:
+        table = events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=80)
+    except (KeyError, AttributeError):  # the sort key was renamed
+        table = events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=80)
+    (folder / "profile.txt").write_text(f"SDPA backend seen: {backend}\n\n{table}\n")
+    return summary
+
+
+def run_benchmark(presets: list, device: torch.device, proto: Protocol, progress=print, on_preset=None) -> dict:
+    """presets: names (or RunConfig objects, for tests). Returns the JSON-ready report; on_preset(report)
+    is called after each preset (the CLI writes the report so far: a run cut short keeps its presets)."""
     report = {"environment": environment(device), "protocol": asdict(proto), "presets": []}
     progress(f"matmul peak on {report['environment']['device_name']} ...")
     report["matmul_peak"] = matmul_peak(device, proto.matmul_n)
     peak = report["matmul_peak"]["tflops"]
+    modes = [variant_overrides(v).get("compile") for v in proto.variants]
+    mode = next((m for m in modes if m), compiling.AUTO_MODE)
     for item in presets:
         cfg = preset(item) if isinstance(item, str) else item
         name = cfg.preset
+        times = None
+        pproto = proto
+        if proto.compile_times and isinstance(item, str):
+            folder = tempfile.mkdtemp(prefix=f"segdiff-compile-{name}-", dir=proto.compile_cache)
+            bg = proto.batch_generations or cfg.predict.batch_generations
+            rows = compiling.chunk_rows(1, proto.generations, bg)
+            progress(f"{name}: compile cold and warm in fresh processes ({mode}, batch {rows}) ...")
+            times = compile_times(name, device, rows, mode, folder, torch.get_num_threads())
+            pproto = replace(proto, compile_cache=folder)  # the compiled variants below start warm
         progress(f"{name}: inference ({cfg.data.size}x{cfg.data.size}) ...")
-        res = bench_inference(cfg, device, proto)
+        res = bench_inference(cfg, device, pproto)
+        if times is not None:
+            res["compile_times"] = times
         for kind in ("fast", "reference"):
             for r in res[kind].values():
                 r["fraction_of_matmul_peak"] = r["tflops"] / peak
+        res["auto"] = auto_rule(res, device, proto)
         if proto.train:
             progress(f"{name}: training step ...")
             res["train"] = {m: bench_training(cfg, device, proto, m) for m in ("ours", "plain")}
             res["train"]["speedup"] = res["train"]["ours"]["samples_per_s"] / res["train"]["plain"]["samples_per_s"]
+        if proto.profile and not report.get("profile"):
+            progress(f"{name}: torch.profiler summary ...")
+            report["profile"] = profile_sampling(cfg, device, pproto, Path(proto.profile))
         report["presets"].append(res)
+        if on_preset is not None:
+            on_preset(report)
     return report
 
 
@@ -417,6 +642,40 @@ def format_report(report: dict) -> str:
                 f"{r['tflops']:>9.3f}{100 * r['fraction_of_matmul_peak']:>8.1f}%"
                 f"{r['peak_memory_bytes'] / 2**20:>8.0f} MiB  {r['how']} ({r['amp']})"
             )
+        per_call = ", ".join(f"{k} {v['ms_per_call']:.1f}" for k, v in res["fast"].items() if "ms_per_call" in v)
+        if per_call:
+            lines.append(f"{res['preset']:<11}ms per network call of {res['rows_per_call']} rows: {per_call}")
+        if "preset_default" in res:
+            d = res["preset_default"]
+            lines.append(
+                f"{res['preset']:<11}preset default ({d['generations']} generations x {d['steps']} steps): "
+                f"{d['seconds_per_image_eager']:.3f} s/image eager ({d['how']})"
+            )
+        ct = res.get("compile_times")
+        if ct:
+            parts = []
+            for label in ("cold", "warm"):
+                c = ct.get(label)
+                if c and "error" in c:
+                    parts.append(f"{label}: {c['error']}")
+                elif c:
+                    parts.append(
+                        f"{label} {c['compile_s']:.1f} s (process start to first compiled call done "
+                        f"{c['start_to_first_call_done_s']:.1f} s)"
+                    )
+            lines.append(f"{res['preset']:<11}compile ({ct['mode']}, fresh processes): " + "; ".join(parts))
+        if "auto" in res:
+            a = res["auto"]
+            text = f"compile=auto, 1 image: {a['one_image_decision']}"
+            if a.get("images_to_compile"):
+                text += f"; compiles from {a['images_to_compile']} images at this protocol"
+            m = a.get("measured")
+            if m and m.get("images_to_compile"):
+                text += (
+                    f"; with this run's numbers ({m['speedup']:.2f}x, {m['compile_seconds']:.0f} s compile): "
+                    f"from {m['images_to_compile']} images"
+                )
+            lines.append(f"{res['preset']:<11}{text}")
         if "train" in res:
             tr = res["train"]
             lines.append(
@@ -429,7 +688,57 @@ def format_report(report: dict) -> str:
         lines.append("on a CPU both training modes run the same fp32 step (bf16 and fused AdamW are CUDA-only)")
     kinds = {r["peak_memory_kind"] for res in report["presets"] for r in res["fast"].values()}
     lines.append("peak memory: " + "; ".join(sorted(kinds)))
+    if report.get("profile"):
+        pr = report["profile"]
+        top = ", ".join(f"{t['name'][:50]} {100 * t['share']:.0f}%" for t in pr["top"][:5])
+        lines.append(f"profile ({pr['preset']}, compile {pr['compile']}): SDPA {pr['sdpa_backend']}; top: {top}")
     return "\n".join(lines)
+
+
+def format_markdown(report: dict) -> str:
+    """The GPU table of docs/results.md, one row per preset and fast-path variant."""
+
+    def mem_gib(r: dict) -> str:
+        return f"{r['peak_memory_bytes'] / 2**30:.2f} GiB"
+
+    env, mp = report["environment"], report["matmul_peak"]
+    head = (
+        f"{env['device_name']} ({env['device']}), torch {env['torch']}"
+        + (
+            f", CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}"
+            if "cuda" in env
+            else f", {env['cpu_threads']} threads"
+        )
+        + f"; matmul peak {mp['tflops']:.3g} TFLOP/s ({mp['dtype']}, measured in this run)"
+    )
+    proto = report["protocol"]
+    lines = [
+        head,
+        "",
+        f"| preset | path | ms / call (rows) | s / image {proto['generations']} x {proto['steps']} | s / image preset"
+        " default (eager) | TFLOP/s | of peak | compile cold / warm (s) | warm start to first call (s) | peak memory |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for res in report["presets"]:
+        ct = res.get("compile_times") or {}
+        cold, warm = ct.get("cold") or {}, ct.get("warm") or {}
+        d = res.get("preset_default")
+        for k, r in res["fast"].items():
+            compiled = r.get("compile", "off") != "off"
+            cw = f"{cold['compile_s']:.0f} / {warm['compile_s']:.0f}" if compiled and "compile_s" in warm else ""
+            start = f"{warm['start_to_first_call_done_s']:.1f}" if compiled and "compile_s" in warm else ""
+            pd = f"{d['seconds_per_image_eager']:.2f}" if d and k == "default" else ""
+            lines.append(
+                f"| {res['preset']} | fast: {k} | {r['ms_per_call']:.1f} ({res['rows_per_call']}) |"
+                f" {r['seconds_per_image']:.2f} | {pd} | {r['tflops']:.3g} |"
+                f" {100 * r['fraction_of_matmul_peak']:.1f} % | {cw} | {start} | {mem_gib(r)} |"
+            )
+        for k, r in res["reference"].items():
+            lines.append(
+                f"| {res['preset']} | reference: {k} | | {r['seconds_per_image']:.2f} | | {r['tflops']:.3g} |"
+                f" {100 * r['fraction_of_matmul_peak']:.1f} % | | | {r['peak_memory_bytes'] / 2**30:.2f} GiB |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def cli(args) -> int:
@@ -467,6 +776,9 @@ def cli(args) -> int:
         proto.reference_generations = args.reference_generations
     proto.batch_generations = args.batch_generations
     proto.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    proto.compile_times = args.compile_times
+    proto.compile_cache = args.compile_cache
+    proto.profile = args.profile
     proto.reference_batched = args.reference_batched
     proto.reference = not args.no_reference
     proto.train = not args.no_train
@@ -489,11 +801,21 @@ def cli(args) -> int:
         raise UserError(f"--measure-steps {proto.measure_steps}: must be between 1 and --steps {proto.steps}")
     if device.type == "cpu" and not args.quick and any(p != "tiny" for p in presets):
         print("note: paper presets on a CPU take a long time; --quick runs the tiny preset")
-    report = run_benchmark(presets, device, proto, progress=lambda m: print(m, flush=True))
+
+    def write(report: dict) -> None:
+        from ..atomic import atomic_write_text
+
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
+        if args.md:
+            Path(args.md).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(args.md), format_markdown(report))
+
+    report = run_benchmark(presets, device, proto, progress=lambda m: print(m, flush=True), on_preset=write)
     print(format_report(report))
-    if args.out:
-        path = Path(args.out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"report: {path}")
+    write(report)
+    for flag, path in (("report", args.out), ("table", args.md)):
+        if path:
+            print(f"{flag}: {path}")
     return 0

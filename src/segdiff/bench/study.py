@@ -119,6 +119,13 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     device = model.device
 
+    pairs = [(s.stem, *load_pair(s)) for s in samples]
+    combos = [(spec, k) for spec in specs for k in steps]
+    # compile="auto": decided once for the whole grid (every image at every sampler and number of steps)
+    grid = model.sampling_options(generations=generations, sampling_steps=1, batch_generations=batch_generations)
+    compile_mode = model.resolve_compile(grid, [tuple(im.shape[-2:]) for _, im, _ in pairs], sum(steps) * len(specs))
+    compile_reason = getattr(getattr(model, "compile_decision", None), "reason", "set explicitly")
+
     def opts_for(spec: SamplerSpec, k: int):
         return model.sampling_options(
             generations=generations,
@@ -128,13 +135,12 @@ def run_study(
             eta=spec.eta if spec.sampler == "ddim" else None,
             seed=seed,
             batch_generations=batch_generations,
+            compile=compile_mode.compile,
         )
 
-    pairs = [(s.stem, *load_pair(s)) for s in samples]
-    # warm-up (allocator, cuDNN autotuning): one untimed run at the smallest grid point
+    # warm-up (allocator, cuDNN autotuning, compilation): one untimed run at the smallest grid point
     model.predict_x0(pairs[0][1][None], [pairs[0][0]], opts_for(specs[0], min(steps)))
 
-    combos = [(spec, k) for spec in specs for k in steps]
     per_image: list[dict] = []
     acc: dict[tuple[str, int, int], dict] = {}
     seconds: dict[tuple[str, int], list[float]] = {}
@@ -219,6 +225,8 @@ def run_study(
             "size": model.config.data.size,
             "batch_generations": opts_for(specs[0], steps[0]).batch_generations,
             "amp": opts_for(specs[0], steps[0]).amp,
+            "compile": compile_mode.compile,
+            "compile_reason": compile_reason,
             "mask": "probability >= 0.5",
             "seconds_per_image": f"wall time of one {generations}-generation run per image (CUDA synchronised), "
             "mean over images; the same for every n of a (sampler, steps) pair",

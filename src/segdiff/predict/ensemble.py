@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from ..config import COMPILE_MODES, PredictConfig
 from ..diffusion import sample
 from ..diffusion.schedule import Schedule
 from ..rng import GenerationNoise
+from . import compiling
 
 # The prediction protocol is the run config's `predict` section; SamplingOptions is its earlier name.
 SamplingOptions = PredictConfig
@@ -43,6 +45,7 @@ def sample_x0(
     keys: list,
     opts: PredictConfig,
     on_step: Callable[[], None] | None = None,
+    pad_rows: int | None = None,
 ) -> torch.Tensor:
     """x0 of every generation for a batch of normalised images.
 
@@ -51,19 +54,36 @@ def sample_x0(
     The network batch holds b images x g generations with b * g <= batch_generations.
     on_step, if given, is called after every network call of the sampling loop (progress reporting);
     `network_calls` says how many there will be.
+
+    compile="auto" is resolved here for this call's work unless the caller resolved it for more work
+    (segdiff.predict.compiling). While compiling, every network batch is padded to `pad_rows` rows
+    (default: a full chunk for this B, `chunk_rows`) with noise rows of their own whose outputs are dropped:
+    one shape, no recompiles. The kept generations are those of the unpadded batch (noise keyed per generation).
     """
     B, _, H, W = image.shape
     G = opts.generations
     device = image.device
+    steps = opts.steps_for(len(sched))
+    if opts.compile == "auto":
+        opts = replace(opts, compile=compiling.decide(net, opts, device, [((H, W), B)], steps).mode)
     fwd = prepare_net(net, opts)
+    per_batch = max(1, opts.batch_generations)
+    pad = opts.compile != "off"
+    rows = pad_rows or compiling.chunk_rows(B, G, per_batch)
     with autocast(device, opts.amp):
         cond = net.encode_image(image)  # once per image, reused by every step and generation
     out = torch.empty(B, G, H, W, device=device)
     all_keys = noise_keys(keys, G, opts.seed)
-    for b0, b1, g0, g1 in _chunks(B, G, max(1, opts.batch_generations)):
-        noise = GenerationNoise.for_keys([k for keys_b in all_keys[b0:b1] for k in keys_b[g0:g1]], device)
-        x_T = noise.randn((1, H, W), device)
+    for b0, b1, g0, g1 in _chunks(B, G, per_batch):
+        chunk_keys = [k for keys_b in all_keys[b0:b1] for k in keys_b[g0:g1]]
+        n = len(chunk_keys)
         c = cond[b0:b1]  # broadcast over the g1 - g0 generations of each image, no copy
+        if pad and n < rows:
+            chunk_keys += [(opts.seed, "pad", i) for i in range(rows - n)]
+            if G < per_batch:  # whole images per batch: pad with copies of the last image's G(I)
+                c = torch.cat([c, c[-1:].expand(rows // G - (b1 - b0), *c.shape[1:])])
+        noise = GenerationNoise.for_keys(chunk_keys, device)
+        x_T = noise.randn((1, H, W), device)
 
         def eps_fn(x, t, c=c):
             with autocast(device, opts.amp):
@@ -72,9 +92,8 @@ def sample_x0(
                 on_step()
             return eps
 
-        steps = opts.steps_for(len(sched))
         x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, steps, opts.variance, opts.eta, opts.clip_x0)
-        out[b0:b1, g0:g1] = x0.view(b1 - b0, g1 - g0, H, W)
+        out[b0:b1, g0:g1] = x0[:n].view(b1 - b0, g1 - g0, H, W)
     return out
 
 
@@ -97,17 +116,21 @@ def prepare_net(net, opts: PredictConfig):
     """The callable the sampling loop runs: `net` itself unless a speed flag of `opts` is on.
 
     channels_last converts the weights of `net` in place (numerically the same network). A compiled
-    module is cached on `net`, so that repeated calls do not compile again.
+    module (shapes specialised, dynamic=False) is cached on `net`, so that repeated calls do not compile
+    again; its kernels persist in the cache folder (opts.compile_cache). compile="auto" must be resolved
+    before (sample_x0 does); here it counts as "off".
     """
     if opts.channels_last:
         net.to(memory_format=torch.channels_last)
-    if opts.compile == "off":
+    if opts.compile in ("off", "auto"):
         return net
     if opts.compile not in COMPILE_MODES:
         raise ValueError(f"compile={opts.compile!r}: choose one of {', '.join(COMPILE_MODES)}")
     cache = net.__dict__.setdefault("_segdiff_compiled", _CompiledCache())  # a plain attribute, not a submodule
     if opts.compile not in cache:
-        cache[opts.compile] = torch.compile(net, mode=None if opts.compile == "default" else opts.compile)
+        compiling.use_cache_dir(opts.compile_cache)
+        mode = None if opts.compile == "default" else opts.compile
+        cache[opts.compile] = torch.compile(net, mode=mode, dynamic=False)
     return cache[opts.compile]
 
 

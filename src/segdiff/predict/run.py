@@ -61,14 +61,24 @@ def predict_folder(
     mine = part_of(paths, num_parts, part_id)
     todo = [p for p in mine if overwrite or not is_done(out, p.stem)]
     out.mkdir(parents=True, exist_ok=True)
+    # compile="auto": decided once for the whole folder (image sizes estimated from the first image)
+    reason = "set explicitly"
+    if todo and opts.compile == "auto":
+        shape = tuple(read_image(todo[0]).shape[:2]) if opts.mode != "resize" else (1, 1)
+        opts = model.resolve_compile(opts, [shape] * len(todo))
+        reason = model.compile_decision.reason
     t0 = time.time()
     groups: dict[tuple[int, int], list[tuple[Path, torch.Tensor]]] = {}
     bar = tqdm(total=len(todo), disable=not progress, desc="predict", unit="img")
+    if progress and opts.compile != "off":
+        bar.write(f"compiling the network ({opts.compile}) in the first batch: {reason}")
 
     def flush(items):
         batch = torch.stack([im for _, im in items])
         # the noise of an image is keyed by its stem: the same image gets the same result in any batch or part
-        pred = model.predict(batch, keys=[p.stem for p, _ in items], return_samples=save_generations, opts=opts)
+        pred = model.predict(
+            batch, keys=[p.stem for p, _ in items], return_samples=save_generations, opts=opts, full_batch=batch_images
+        )
         for j, (p, _) in enumerate(items):
             write_prediction(
                 out,
@@ -101,6 +111,7 @@ def predict_folder(
         "weights": str(getattr(model, "weights_file", "")),
         # the protocol as run, with the sampling steps resolved (None = T)
         "protocol": asdict(replace(opts, sampling_steps=opts.steps_for(model.config.diffusion.steps))),
+        "compile_reason": reason,  # why protocol.compile is what it is ("auto" resolved once for the folder)
         "T": model.config.diffusion.steps,
         "size": model.config.data.size,
     }

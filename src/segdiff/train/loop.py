@@ -11,6 +11,7 @@ losses and weights as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -77,15 +78,38 @@ def _lr(cfg, step: int) -> float:
     return cfg.lr
 
 
+def validation_options(model: SegDiff, cfg: RunConfig, shapes: list[tuple[int, int]], validations: int):
+    """The prediction protocol of validation (the run's `predict` config with the val generations and
+    steps), with compile="auto" resolved once for `validations` runs over images of `shapes` (H, W)."""
+    opts = model.sampling_options(
+        generations=cfg.train.val_generations, sampling_steps=cfg.train.val_steps, seed=cfg.train.seed
+    )
+    return model.resolve_compile(opts, shapes, repeats=validations)
+
+
 @torch.no_grad()
-def validate(model: SegDiff, net: nn.Module, val_pairs, cfg: RunConfig, info: DistInfo) -> dict[str, float]:
-    """Foreground IoU and F1 on this rank's share of the val images, summed over ranks."""
+def validate(
+    model: SegDiff,
+    net: nn.Module,
+    val_pairs,
+    cfg: RunConfig,
+    info: DistInfo,
+    opts=None,
+    shared: nn.Module | None = None,
+) -> dict[str, float]:
+    """Foreground IoU and F1 on this rank's share of the val images, summed over ranks.
+
+    opts: the protocol (default `validation_options` for one run). shared: a network of the same
+    architecture that `net`'s weights are copied into and that predicts instead, so that a compiled
+    module (cached on `shared`) serves raw and EMA weights alike without compiling again.
+    """
+    if shared is not None:
+        shared.load_state_dict(net.state_dict())
+        net = shared.eval()
     saved = model.net
     model.net = net
     try:
-        opts = model.sampling_options(
-            generations=cfg.train.val_generations, sampling_steps=cfg.train.val_steps, seed=cfg.train.seed
-        )
+        opts = opts or validation_options(model, cfg, [tuple(im.shape[-2:]) for im, _ in val_pairs], 1)
         sums = [0.0, 0.0, 0.0]
         for i in range(info.rank, len(val_pairs), info.world):
             image, mask = val_pairs[i]
@@ -221,12 +245,23 @@ def train(
             plot_curves(log.rows(), out / "curves.png")
         barrier(info)
 
+    # validation's protocol, compile="auto" decided once for every validation ahead (raw and EMA each time);
+    # when compiling, one shared network is compiled once and gets the raw or EMA weights copied in
+    # (every rank decides for the largest share, so that ranks agree)
+    shapes = [tuple(im.shape[-2:]) for im, _ in val_pairs[: -(-len(val_pairs) // info.world)]]
+    validations = 2 * ((tc.max_steps - step) // tc.val_every + 1 if tc.val_every else 1)
+    val_opts = validation_options(model, config, shapes, validations) if val_pairs else None
+    val_net = None
+    if val_opts is not None and val_opts.compile != "off":
+        val_net = copy.deepcopy(model.net).eval()
+        log.text(f"validation compiles ({val_opts.compile}): {model.compile_decision.reason}")
+
     def run_validation() -> None:
         nonlocal best
         if not val_pairs:
             return
         scores = {
-            name: validate(model, net, val_pairs, config, info)
+            name: validate(model, net, val_pairs, config, info, val_opts, val_net)
             for name, net in (("raw", model.net), ("ema", ema.model))
         }
         row = {"kind": "val", "step": step, **{f"{k}_{m}": v[m] for k, v in scores.items() for m in ("iou", "f1")}}
