@@ -87,8 +87,9 @@ pip_install() {
         die "cannot reach the package index while installing $what (no network, proxy or index down): check the connection (or HTTPS_PROXY / PIP_INDEX_URL) and rerun; pip's log: $log"
     fi
     local err
-    err=$(grep -E '^ERROR:' <<<"$tail_log" | tail -n 1 || true)
-    die "pip could not install $what${err:+: ${err#ERROR: }}; pip's log: $log"
+    err=$(grep -E '^ERROR:' <<<"$tail_log" | head -n 1 || true)
+    err=${err#ERROR: }
+    die "pip could not install $what${err:+: ${err%.}}; pip's log: $log"
 }
 
 has_dist() { "$py" -c "import importlib.metadata as m, sys; [m.version(d) for d in sys.argv[1:]]" "$@" >/dev/null 2>&1; }

@@ -2,7 +2,7 @@
 # `make wheel-check`: builds the wheel as `python -m build --wheel` does for a release, installs it into a clean
 # temporary venv and runs the installed `segdiff --help`; also checks the wheel holds every module of src/segdiff.
 # To stay fast and offline-capable, the temporary venv borrows the dependencies (torch, ...) already installed in
-# $VENV through a .pth line placed after its own site-packages; segdiff itself comes only from the wheel.
+# $VENV through a .pth line (searched after its own site-packages); segdiff itself comes only from the wheel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -16,8 +16,12 @@ die() {
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
+# from a clean copy of what the wheel is made of: an in-place build would pick up stale files from build/lib
+mkdir "$tmp/tree"
+cp -r pyproject.toml README.md src "$tmp/tree/"
+find "$tmp/tree" \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +
 echo "wheel-check: python -m build --wheel"
-"$py" -m build --wheel --outdir "$tmp/dist" . >"$tmp/build.log" 2>&1 || {
+"$py" -m build --wheel --outdir "$tmp/dist" "$tmp/tree" >"$tmp/build.log" 2>&1 || {
     tail -n 20 "$tmp/build.log" >&2
     die "python -m build --wheel failed (log above)"
 }
@@ -37,7 +41,8 @@ if missing:
 print(f"wheel-check: the wheel holds all {len(src)} modules of src/segdiff")
 PY
 
-"$py" -m venv "$tmp/venv"
+# --without-pip: the venv's own pip and setuptools would shadow $VENV's; pip itself is borrowed from $VENV too
+"$py" -m venv --without-pip "$tmp/venv"
 tpy="$tmp/venv/bin/python"
 deps=$("$py" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 "$tpy" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' | {
