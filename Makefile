@@ -19,7 +19,7 @@ DEMO_OUT ?= segdiff-demo
 PYTEST_ARGS ?=
 
 SETUP = PYTHON='$(PYTHON)' VENV='$(VENV)' TORCH_SPEC='$(TORCH_SPEC)' TORCH_DEVICE='$(TORCH_DEVICE)' \
-	TORCH_INDEX_URL='$(TORCH_INDEX_URL)' TORCH_CUDA_INDEX_URL='$(TORCH_CUDA_INDEX_URL)' tools/setup-env.sh
+	TORCH_INDEX_URL='$(TORCH_INDEX_URL)' TORCH_CUDA_INDEX_URL='$(TORCH_CUDA_INDEX_URL)' bash tools/setup-env.sh
 
 .PHONY: demo test wheel-check env env-dev clean-env
 
@@ -30,7 +30,7 @@ test: env-dev
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
 wheel-check: env-dev
-	@VENV='$(VENV)' tools/wheel-check.sh
+	@VENV='$(VENV)' bash tools/wheel-check.sh
 
 env:
 	@$(SETUP)

@@ -82,6 +82,7 @@ pip_install() {
     fi
     [ "$rc" = 0 ] && return 0
     local tail_log
+    # shellcheck disable=SC2016  # a sed script, not shell
     tail_log=$(sed -n '/^=== /h; /^=== /!H; ${x; p}' "$log") # this attempt's lines only
     if grep -q -i -E 'NewConnectionError|Failed to establish a new connection|Temporary failure in name resolution|Name or service not known|Network is unreachable|Connection refused|ConnectTimeoutError|ReadTimeoutError|timed out|ProxyError|Could not fetch URL|ConnectionError|Connection reset|SSLError' <<<"$tail_log"; then
         die "cannot reach the package index while installing $what (no network, proxy or index down): check the connection (or HTTPS_PROXY / PIP_INDEX_URL) and rerun; pip's log: $log"
@@ -118,7 +119,9 @@ if [ "$(cat "$state/torch" 2>/dev/null || true)" != "$torch_key" ] || ! has_dist
         say "no NVIDIA GPU found: installing $TORCH_SPEC (CPU) into $VENV; a few minutes the first time"
     fi
     # a torch of the same version but another build (CPU vs CUDA) would count as already installed
-    [ -f "$state/torch" ] && "$py" -m pip uninstall -y torch >>"$log" 2>&1 || true
+    if [ -f "$state/torch" ]; then
+        "$py" -m pip uninstall -y torch >>"$log" 2>&1 || true
+    fi
     rm -f "$state/torch"
     pip_install "$TORCH_SPEC" "${args[@]}" "$TORCH_SPEC"
     cuda=$("$py" -c 'import torch; print(torch.version.cuda or "")' 2>>"$log") || die "torch was installed but does not import; pip's log: $log"
@@ -140,6 +143,8 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$pkg_key" ] || ! has_dist "${need
     say "installing segdiff ($target, editable) and its dependencies into $VENV"
     pip_install "segdiff ($target)" -e "$target"
     echo "$pkg_key" >"$stamp"
-    [ "$EXTRA" = dev ] && echo "$pkg_key" >"$state/segdiff"
+    if [ "$EXTRA" = dev ]; then
+        echo "$pkg_key" >"$state/segdiff" # the dev install holds the plain one
+    fi
 fi
 say "$VENV is ready (torch $("$py" -c 'import importlib.metadata as m; print(m.version("torch"))'))"
