@@ -97,11 +97,7 @@ has_dist() { "$py" -c "import importlib.metadata as m, sys; [m.version(d) for d 
 
 # --- 2. torch ---------------------------------------------------------------------------------------------------
 device=$TORCH_DEVICE
-if [ "$device" = auto ]; then
-    torch_key="$TORCH_SPEC|auto|$TORCH_INDEX_URL|$TORCH_CUDA_INDEX_URL"
-else
-    torch_key="$TORCH_SPEC|$device|$TORCH_INDEX_URL|$TORCH_CUDA_INDEX_URL"
-fi
+torch_key="$TORCH_SPEC|$TORCH_DEVICE|$TORCH_INDEX_URL|$TORCH_CUDA_INDEX_URL"
 if [ "$(cat "$state/torch" 2>/dev/null || true)" != "$torch_key" ] || ! has_dist torch; then
     if [ "$device" = auto ]; then
         if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q GPU; then
@@ -123,12 +119,12 @@ if [ "$(cat "$state/torch" 2>/dev/null || true)" != "$torch_key" ] || ! has_dist
         "$py" -m pip uninstall -y torch >>"$log" 2>&1 || true
     fi
     rm -f "$state/torch"
-    pip_install "$TORCH_SPEC" "${args[@]}" "$TORCH_SPEC"
+    pip_install "$TORCH_SPEC" ${args[@]+"${args[@]}"} "$TORCH_SPEC"
     cuda=$("$py" -c 'import torch; print(torch.version.cuda or "")' 2>>"$log") || die "torch was installed but does not import; pip's log: $log"
     if [ "$device" = cpu ] && [ -n "$cuda" ]; then
-        say "note: this torch is a CUDA $cuda build (it runs on the CPU too, but is a large download); for the CPU-only wheel set TORCH_INDEX_URL to PyTorch's CPU wheel index and run make clean-env"
+        say "note: this torch is a CUDA $cuda build (it runs on the CPU too, but is a large download); for the CPU-only wheel, set TORCH_INDEX_URL to PyTorch's CPU wheel index (torch is then reinstalled)"
     elif [ "$device" = cuda ] && [ -z "$cuda" ]; then
-        say "note: this torch is a CPU-only build although an NVIDIA GPU is present; set TORCH_CUDA_INDEX_URL to a CUDA wheel index and run make clean-env"
+        say "note: this torch is a CPU-only build although an NVIDIA GPU is present; set TORCH_CUDA_INDEX_URL to a CUDA wheel index (torch is then reinstalled)"
     fi
     echo "$torch_key" >"$state/torch"
 fi
