@@ -1,43 +1,46 @@
-"""The MoNuSeg benchmark (issue 3): train the `monuseg` preset for a fixed time, predict the test split with
-the paper's protocol, evaluate, and write a small results.json and PNG figures.
+"""The MoNuSeg benchmark (issues 3, 9): one command that trains, chooses its sampling setting on the validation
+images, predicts the 14 test images by the paper's quadrant protocol and evaluates, within a total time budget;
+then a one-pass baseline at equal training minutes.
 
-    PYTHONPATH=src python3 benchmarks/monuseg.py --data /path/to/monuseg --out OUT
-        [--train-minutes 13] [--generations 30 --steps 100] [--val-images 4] [--device cuda]
-        [--fit-budget 30]
+    PYTHONPATH=src python3 benchmarks/monuseg.py --data /path/to/monuseg --out OUT --budget-minutes 9
+        [--preset monuseg-fast] [--train-fraction 0.65] [--generations G --steps K] [--no-baseline]
     PYTHONPATH=src python3 benchmarks/monuseg.py --data /path/to/monuseg --out OUT --tiny   # CPU pipeline check
 
 The data folder is the layout of ../shared/data/monuseg (and of `segdiff prepare monuseg`):
 DATA/{train,test}/{images,masks}/<stem>.<ext>, 30 train and 14 test images at 512 x 512.
 
-What one run does, in order:
- 1. OUT/data: a view of DATA made of symbolic links (nothing is copied): `val` holds --val-images of the
-    30 training images (a seeded draw), `train` the others, `test` the test split. OUT/data/split.json
-    lists the stems.
- 2. Trains the `monuseg` preset (batch 8, random 256 x 256 crops with the paper's augmentation) on
-    OUT/data for --train-minutes of wall time (config.train.max_minutes), validating on the val images
-    every --val-every steps; the weights with the best validation IoU (raw or EMA) are kept. The run
-    folder OUT/run holds the checkpoints; nothing in results.json depends on them.
- 3. Measures the sampler: seconds per network call at the batch that prediction uses.
- 4. Chooses the protocol: by default G = 30 generations x K = 100 steps (the paper's), or what
-    --generations / --steps say, and reports whether it fits the --budget-minutes (30) of the whole run.
-    With --fit-budget MINUTES it takes the largest G x K of a fixed ladder that fits what is left of
-    MINUTES (counted from the start of the run). results.json says what was run and why.
- 5. Predicts the test split at 512 x 512 by the quadrant protocol: four 256 x 256 windows (stride 256),
-    G(I) and the G generations computed per window, as the authors did (predict_mode "tile").
- 6. Evaluates with segdiff.metrics.evaluate.evaluate_dirs (per-image Dice/F1 and IoU averaged over the
-    images, as the paper's Table 3) and writes OUT/results.json, OUT/curves.png (training loss and
-    validation IoU), OUT/figure.png (test images with probability, uncertainty and errors) and
-    OUT/metrics/ (per-image CSV, summary, reliability diagram).
+What one run does, in order (results.json `phases_s` holds the wall seconds of each phase):
+ 1. data: OUT/data, a view of DATA made of symbolic links (nothing is copied): `val` holds --val-images of
+    the 30 training images (a seeded draw), `train` the others, `test` the test split.
+ 2. train: the preset (default `monuseg-fast`: the paper's network with the short-budget recipe) for
+    --train-fraction (0.65) of --budget-minutes (9): TrainConfig.budget_minutes, turned into a fixed
+    number of steps after measuring the first steps (compile included), written to OUT/run/config.json.
+    Validation at the end of training keeps the better of the raw and EMA weights.
+ 3. select: a grid of samplers (DDIM, DDPM) x sampling steps (1, 2, 5, 10, 25) x generations (1..16) on
+    the validation images (full 512 x 512, the same quadrant protocol), cheapest first, within half of the
+    time left; the choice (segdiff.bench.select.choose_setting): the cheapest setting within 0.5 IoU points
+    of the grid's best whose estimated test time fits what is left. With --generations and --steps the
+    grid is skipped.
+ 4. predict: the test split at 512 x 512 by four 256 x 256 windows (stride 256), G(I) and the generations
+    per window, as the authors did (predict_mode "tile").
+ 5. evaluate, figures: segdiff.metrics.evaluate.evaluate_dirs (per-image Dice/F1 and IoU averaged over the
+    images, as the paper's Table 3; pooled; BoundF; calibration), OUT/results.json (written atomically),
+    curves.png, selection.png (validation IoU against estimated test time), figure.png, reliability.png.
+ 6. baseline_*: the same network trained as a one-pass segmenter (x_t = 0, t = 0, sigmoid, BCE + soft
+    Dice) for the same training minutes, predicted and evaluated alike (OUT/baseline/), reported beside
+    SegDiff in results.json (`one_pass_baseline`, `segdiff_minus_one_pass`). It runs after the SegDiff
+    pipeline and is not part of its budget.
 
 --tiny is a pipeline check that runs on a CPU in minutes, NOT a result to compare with the paper: the
-`tiny` preset (1.2 M parameters, 32 x 32 windows) trained for a few minutes on random 32 x 32 crops of
-the real training images, tested on the central --tiny-crop x --tiny-crop (64) pixels of each test image
-by the same quadrant protocol scaled down (four 32 x 32 windows), with 4 generations x 10 steps.
+`tiny-fast` preset (1.2 M parameters, 32 x 32 windows) trained on random 32 x 32 crops of the real training
+images, validated and tested on the central --tiny-crop x --tiny-crop (64) pixels of each image by the same
+quadrant protocol scaled down (four 32 x 32 windows), with a smaller grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import shutil
@@ -57,12 +60,15 @@ import torch
 
 from segdiff import __version__, rng
 from segdiff.api import SegDiff
+from segdiff.atomic import atomic_write_text
+from segdiff.bench.select import choose_setting
 from segdiff.config import AugmentConfig, RunConfig, preset
 from segdiff.data.folder import pair_split
 from segdiff.data.io import read_image, read_mask, write_mask, write_png
 from segdiff.errors import UserError
 from segdiff.metrics.evaluate import evaluate_dirs, read_prob
-from segdiff.predict.ensemble import SamplingOptions, _chunks, sample_x0
+from segdiff.metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
+from segdiff.predict.ensemble import sample_x0
 from segdiff.predict.run import predict_folder
 from segdiff.predict.tiling import windows
 from segdiff.train.logging import RunLog, plot_curves
@@ -73,11 +79,11 @@ PAPER_TABLE3 = {  # MoNuSeg, Dice (F1) / IoU in percent
     "MedT": {"dice": 79.55, "iou": 66.17},
     "SegDiff (paper)": {"dice": 81.59, "iou": 69.00},
 }
-PAPER_PROTOCOL = (30, 100)  # generations, sampling steps (T = 100)
-# --fit-budget: the first (G, K) of this ladder (each about half the cost of the one before) that fits.
-# Steps are reduced first (a respaced DDPM chain of 50 steps loses little), then generations.
-LADDER = [(30, 100), (30, 50), (16, 50), (16, 25), (8, 25), (8, 10), (4, 10), (2, 10), (1, 10)]
-RESERVE_S = 60.0  # evaluation, figures and writing after prediction
+# the validation grid: samplers x sampling steps x generations (issue 9)
+GRID = {"samplers": ("ddim", "ddpm"), "steps": (1, 2, 5, 10, 25), "generations": (1, 2, 4, 8, 16)}
+TINY_GRID = {"samplers": ("ddim", "ddpm"), "steps": (1, 2, 5, 10), "generations": (1, 2, 4, 8)}
+GRID_SHARE = 0.5  # of the time left after training, at most this much for the validation grid
+RESERVE_S = 30.0  # evaluation, figures and writing after prediction
 PIPELINE_LABEL = (
     "PIPELINE CHECK ONLY (--tiny): tiny preset, reduced protocol on a CPU; not comparable with the paper's Table 3"
 )
@@ -160,31 +166,37 @@ def _to_u8(arr01: np.ndarray) -> np.ndarray:
 # -- 2. configuration ------------------------------------------------------------------------------------
 
 
-def make_config(args) -> RunConfig:
+def make_config(args, train_minutes: float) -> RunConfig:
+    """The preset (default monuseg-fast; --tiny: tiny-fast at 32 x 32 with the monuseg augmentation) with
+    its training turned into a time budget: `train_minutes` -> a fixed max_steps (TrainConfig.budget_minutes)."""
+    cfg = preset(args.preset)
     if args.tiny:
-        cfg = preset("tiny")
         mon = preset("monuseg").data.augment
         size = 32
         # the paper's MoNuSeg augmentation at the tiny window size; tile = stride = 32 on 64 x 64 test crops
-        cfg.data = replace(cfg.data, size=size, predict_mode="tile", tile_stride=None, augment=replace(mon, crop=size))
-        cfg.train.val_generations, cfg.train.val_steps = 4, 10
+        cfg.data = replace(cfg.data, size=size, augment=replace(mon, crop=size))
+        cfg.predict = replace(cfg.predict, mode="tile", tile_stride=None)
     else:
-        cfg = preset("monuseg")
-        cfg.train.val_generations, cfg.train.val_steps = 4, 25
         cfg.train.num_workers = args.num_workers
     assert isinstance(cfg.data.augment, AugmentConfig)
     tc = cfg.train
     tc.batch_size = args.batch_size or tc.batch_size
-    tc.max_minutes = args.train_minutes
-    tc.max_steps = args.max_steps or 10_000_000  # the time budget stops training
+    if args.max_steps:  # debugging: a fixed number of steps instead of the budget
+        tc.max_steps, tc.budget_minutes = args.max_steps, None
+    else:
+        tc.max_steps, tc.budget_minutes = 10**9, train_minutes
     tc.val_every = args.val_every
     tc.val_max_images = None
+    # the validation at the end of training only picks raw or EMA weights (the grid below chooses the sampling)
+    tc.val_generations, tc.val_steps = 2, min(tc.val_steps or 10, 10)
     tc.save_every = 0  # weights are written once at the end (and best.safetensors at each better validation)
     tc.seed = args.seed
+    if args.compile:
+        tc.compile = args.compile
     return cfg
 
 
-# -- 3./4. sampler cost and the protocol --------------------------------------------------------------------
+# -- 3. the sampling setting, chosen on the validation images -------------------------------------------------
 
 
 def _sync(device: torch.device) -> None:
@@ -192,44 +204,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def chunk_batches(n_windows: int, generations: int, per_batch: int) -> list[int]:
-    """Network batch sizes of one image's sampling chain (sample_x0's chunking of windows x generations)."""
-    return [(b1 - b0) * (g1 - g0) for b0, b1, g0, g1 in _chunks(n_windows, generations, max(1, per_batch))]
-
-
 def probe_seconds_per_call(model: SegDiff, window: torch.Tensor, batch: int, steps: int = 10) -> float:
     """Seconds per network call of the sampler at `batch` x 1 x tile x tile (G(I) included, amortised)."""
     device = model.device
-    opts = SamplingOptions(
-        generations=batch,
-        steps=2,
-        batch_generations=batch,
-        seed=12345,
-        variance=model.config.diffusion.variance,
-        clip_x0=model.config.diffusion.clip_x0,
-    )
+    opts = model.sampling_options(generations=batch, steps=2, batch_generations=batch, seed=12345)
     sample_x0(model.net, model.schedule, window, ["probe"], opts)  # warm-up (kernels, allocator)
     _sync(device)
     t0 = time.perf_counter()
-    sample_x0(model.net, model.schedule, window, ["probe"], replace(opts, steps=steps))
+    sample_x0(model.net, model.schedule, window, ["probe"], replace(opts, sampling_steps=steps))
     _sync(device)
     return (time.perf_counter() - t0) / steps
-
-
-class SamplerCost:
-    """Seconds per network call by batch size, probed on demand (and cached)."""
-
-    def __init__(self, model: SegDiff, window: torch.Tensor, probe_steps: int):
-        self.model, self.window, self.probe_steps, self.measured = model, window, probe_steps, {}
-
-    def per_call(self, batch: int) -> float:
-        if batch not in self.measured:
-            self.measured[batch] = probe_seconds_per_call(self.model, self.window, batch, self.probe_steps)
-            log(f"sampler: {self.measured[batch]:.4f} s per network call at batch {batch}")
-        return self.measured[batch]
-
-    def estimate(self, n_images: int, n_windows: int, g: int, k: int, per_batch: int) -> float:
-        return n_images * k * sum(self.per_call(b) for b in chunk_batches(n_windows, g, per_batch))
 
 
 def fit_batch_generations(model: SegDiff, window: torch.Tensor, want: int) -> int:
@@ -247,56 +231,86 @@ def fit_batch_generations(model: SegDiff, window: torch.Tensor, want: int) -> in
             log(f"out of memory; trying --batch-generations {b}")
 
 
-def choose_protocol(args, cost: SamplerCost, n_images: int, n_windows: int, per_batch: int, t_start: float):
-    """-> (G, K, record): the protocol to run and how it was chosen."""
-    g0, k0 = args.generations, args.steps
-    left = lambda budget_min: budget_min * 60 - (time.time() - t_start) - RESERVE_S  # noqa: E731
-    if args.fit_budget is None:
-        est = cost.estimate(n_images, n_windows, g0, k0, per_batch)
-        fits = est <= left(args.budget_minutes)
-        label = "the paper protocol" if (g0, k0) == PAPER_PROTOCOL else f"the requested protocol {g0} x {k0}"
-        reason = (
-            f"{label} ({g0} generations x {k0} steps), estimated {est / 60:.1f} min for prediction; "
-            f"{'fits' if fits else 'does NOT fit'} the {args.budget_minutes:g}-minute budget of the run "
-            f"({max(0.0, left(args.budget_minutes)) / 60:.1f} min left after a {RESERVE_S:.0f} s reserve)"
-        )
-        if not fits:
-            reason += f"; run anyway as requested (pass --fit-budget {args.budget_minutes:g} to fit it)"
-        return g0, k0, {"mode": "requested", "estimate_s": est, "fits_budget": fits, "reason": reason}
-    budget = left(args.fit_budget)
-    ladder = [(g0, k0)] + [(g, k) for g, k in LADDER if g <= g0 and k <= k0 and (g, k) != (g0, k0)]
-    tried = []
-    for g, k in ladder:
-        est = cost.estimate(n_images, n_windows, g, k, per_batch)
-        tried.append({"generations": g, "steps": k, "estimate_s": est})
-        if est <= budget:
-            reason = (
-                f"--fit-budget {args.fit_budget:g}: {g} generations x {k} steps, the first of the ladder "
-                f"that fits ({est / 60:.1f} min estimated, {budget / 60:.1f} min left)"
-            )
-            if (g, k) != (g0, k0):
-                reason += f"; {g0} x {k0} was estimated at {tried[0]['estimate_s'] / 60:.1f} min"
-            return (
-                g,
-                k,
-                {"mode": "fit_budget", "estimate_s": est, "fits_budget": True, "reason": reason, "ladder_tried": tried},
-            )
-    g, k = ladder[-1]
-    reason = (
-        f"--fit-budget {args.fit_budget:g}: nothing on the ladder fits {budget / 60:.1f} min; running the "
-        f"cheapest, {g} x {k} ({tried[-1]['estimate_s'] / 60:.1f} min estimated)"
+def load_split(folder: Path) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+    return [
+        (s.stem, torch.from_numpy(read_image(s.image)).permute(2, 0, 1), read_mask(s.mask)) for s in pair_split(folder)
+    ]
+
+
+def _scores(pred_masks: list[np.ndarray], gts: list[np.ndarray]) -> tuple[float, float]:
+    cs = [confusion(p, g) for p, g in zip(pred_masks, gts)]
+    return 100 * float(np.mean([iou_from_confusion(c) for c in cs])), 100 * float(
+        np.mean([f1_from_confusion(c) for c in cs])
     )
-    return (
-        g,
-        k,
-        {
-            "mode": "fit_budget",
-            "estimate_s": tried[-1]["estimate_s"],
-            "fits_budget": False,
-            "reason": reason,
-            "ladder_tried": tried,
-        },
-    )
+
+
+def validation_grid(
+    model: SegDiff, val: list, grid: dict, n_test: int, seconds: float, batch_generations: int, seed: int
+) -> tuple[list[dict], float, list[dict]]:
+    """Every (sampler, steps) of `grid`, cheapest first, run once on the validation images with the largest
+    number of generations; the scores of n generations use the mean of the first n (the noise of generation
+    k is keyed by k, so they are exactly what an n-generation run draws). A (sampler, steps) is skipped when
+    the time measured so far says it would not finish within `seconds`. cost_s: the estimated seconds to
+    predict the n_test test images with that setting (val seconds x n / G x n_test / n_val).
+    Returns (rows, seconds spent, skipped)."""
+    G = max(grid["generations"])
+    gts = [m for _, _, m in val]
+    rows, skipped, spent, per_step = [], [], 0.0, None
+    for k in sorted(grid["steps"]):
+        for s in grid["samplers"]:
+            if k == 1 and s != grid["samplers"][0]:
+                continue  # one step: every sampler returns the network's x0 at t = T (the same numbers)
+            if per_step is not None and spent + per_step * k > seconds:
+                skipped.append({"sampler": s, "steps": k, "estimate_s": per_step * k})
+                continue
+            opts = model.sampling_options(
+                generations=G, steps=k, sampler=s, seed=seed, batch_generations=batch_generations
+            )
+            _sync(model.device)
+            t0 = time.perf_counter()
+            x0 = [model.predict_x0(image[None], [stem], opts)[0].float().cpu() for stem, image, _ in val]
+            _sync(model.device)
+            dt = time.perf_counter() - t0
+            spent += dt
+            per_step = max(per_step or 0.0, dt / k)
+            for g in sorted(grid["generations"]):
+                masks = [(((x[:g] + 1) / 2).clamp(0, 1).mean(0) >= 0.5).numpy() for x in x0]
+                iou, dice = _scores(masks, gts)
+                rows.append(
+                    {
+                        "sampler": s,
+                        "steps": k,
+                        "generations": g,
+                        "iou": iou,
+                        "dice": dice,
+                        "val_seconds": dt * g / G,
+                        "cost_s": dt * g / G * n_test / len(val),
+                    }
+                )
+            best_k = max(r["iou"] for r in rows if r["steps"] == k and r["sampler"] == s)
+            log(f"validation grid: {s} {k} steps: best IoU {best_k:.2f} ({dt:.1f} s for {G} generations)")
+    return rows, spent, skipped
+
+
+def grid_figure(path: Path, rows: list[dict], chosen: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in sorted({r["sampler"] for r in rows}):
+        for k in sorted({r["steps"] for r in rows if r["sampler"] == s}):
+            rr = [r for r in rows if r["sampler"] == s and r["steps"] == k]
+            ax.plot([r["cost_s"] for r in rr], [r["iou"] for r in rr], marker="o", label=f"{s} {k} steps")
+    ax.scatter([chosen["cost_s"]], [chosen["iou"]], s=200, facecolors="none", edgecolors="k", label="chosen")
+    ax.set_xscale("log")
+    ax.set_xlabel("estimated seconds to predict the test split (points: 1, 2, 4, ... generations)")
+    ax.set_ylabel("validation IoU %")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 # -- a reference: the best global grey-level threshold ----------------------------------------------------
@@ -437,63 +451,174 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--data", required=True, type=Path, help="MoNuSeg root: {train,test}/{images,masks}")
     p.add_argument("--out", required=True, type=Path, help="output folder (results.json, PNGs, run/, pred/)")
-    p.add_argument("--train-minutes", type=float, help="training wall-time budget (default 13; --tiny: 3)")
-    p.add_argument("--generations", type=int, help="G, generations per window (default 30; --tiny: 4)")
-    p.add_argument("--steps", type=int, help="K, sampling steps (default 100 = T; --tiny: 10)")
-    p.add_argument("--val-images", type=int, default=4, help="training images held out for validation (4)")
-    p.add_argument("--val-every", type=int, help="validate every N steps (default 1000; --tiny: 0 = at the end only)")
-    p.add_argument(
-        "--fit-budget",
-        type=float,
-        metavar="MINUTES",
-        help="choose G x K so that the whole run fits MINUTES (counted from its start)",
-    )
     p.add_argument(
         "--budget-minutes",
         type=float,
-        default=30.0,
-        help="the run's budget that the default protocol is checked against (30); report only",
+        help="wall-time budget of the SegDiff pipeline (training, choice of the sampling setting on validation, "
+        "test prediction, evaluation), split by the script (default 9; --tiny: 4)",
     )
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=0.65,
+        help="share of --budget-minutes given to training (0.65); the rest: validation grid, test, evaluation",
+    )
+    p.add_argument("--train-minutes", type=float, help="training minutes (default: the fraction of the budget)")
+    p.add_argument("--preset", help="default monuseg-fast (--tiny: tiny-fast); monuseg = the paper's recipe")
+    p.add_argument("--compile", choices=["off", "auto", "default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], help="with --generations and --steps: skip the grid")
+    p.add_argument("--generations", type=int, help="G, generations per window (with --steps: a fixed protocol)")
+    p.add_argument("--steps", type=int, help="K, sampling steps (with --generations: a fixed protocol)")
+    p.add_argument("--val-images", type=int, default=4, help="training images held out for validation (4)")
+    p.add_argument("--val-every", type=int, default=0, help="validate during training every N steps (0: at the end)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the one-pass baseline at equal training minutes")
     p.add_argument("--device", help="cuda or cpu (default: cuda when available; --tiny: cpu)")
-    p.add_argument("--batch-size", type=int, help="training batch (default 8; --tiny: the tiny preset's 16)")
+    p.add_argument("--batch-size", type=int, help="training batch (default: the preset's)")
     p.add_argument(
         "--batch-generations",
         type=int,
-        help="samples per network call at prediction (default: 4 windows x G on CUDA, halved on "
-        "out-of-memory; 30 on CPU)",
+        help="samples per network call at prediction (default: 4 windows x the grid's largest G on CUDA, "
+        "halved on out-of-memory; 32 on CPU)",
     )
     p.add_argument("--num-workers", type=int, default=4, help="data-loader workers for training on CUDA (4)")
-    p.add_argument("--max-steps", type=int, help="also stop training after N steps (debugging)")
+    p.add_argument("--max-steps", type=int, help="train a fixed number of steps instead of the budget (debugging)")
     p.add_argument("--test-images", type=int, help="predict only the first N test images (debugging)")
     p.add_argument("--figure-images", type=int, default=3, help="test images in figure.png (3)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 helps on a busy machine)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="CPU pipeline check (tiny preset, reduced protocol)")
+    p.add_argument("--tiny", action="store_true", help="CPU pipeline check (tiny-fast preset, 64 x 64 test crops)")
     p.add_argument("--tiny-crop", type=int, default=64, help="--tiny: central crop of val/test images (64)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT/run, OUT/pred and results of a former run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     tiny = args.tiny
     defaults = {
-        "train_minutes": 3.0 if tiny else 13.0,
-        "generations": 4 if tiny else PAPER_PROTOCOL[0],
-        "steps": 10 if tiny else PAPER_PROTOCOL[1],
-        "val_every": 0 if tiny else 1000,
+        "budget_minutes": 4.0 if tiny else 9.0,
+        "preset": "tiny-fast" if tiny else "monuseg-fast",
         "device": "cpu" if tiny else ("cuda" if torch.cuda.is_available() else "cpu"),
     }
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.train_minutes is None:
+        args.train_minutes = args.budget_minutes * args.train_fraction
+    if not 0 < args.train_minutes < args.budget_minutes:
+        raise UserError(f"--train-minutes {args.train_minutes:g}: must be above 0 and below --budget-minutes")
+    fixed = [args.generations, args.steps]
+    if any(v is not None for v in fixed) and not all(v is not None for v in fixed):
+        raise UserError("--generations and --steps go together (a fixed protocol instead of the validation grid)")
     return args
+
+
+class Phases:
+    """Wall seconds of each phase, in order."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn, *a, **kw):
+        t0 = time.time()
+        try:
+            return fn(*a, **kw)
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.time() - t0
+            log(f"phase {name}: {self.seconds[name]:.1f} s")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _test_scores(scores: dict) -> dict:
+    return {
+        "dice_percent": 100 * scores["f1"],
+        "iou_percent": 100 * scores["iou"],
+        "dice_pooled_percent": 100 * scores["f1_pooled"],
+        "iou_pooled_percent": 100 * scores["iou_pooled"],
+        "boundf_percent": 100 * scores["boundf"],
+        "wcov_paper_percent": 100 * scores["wcov"],
+        "calibration": {k: scores["calibration"][k] for k in ("mean", "stderr", "pooled", "ece")},
+        "n_images": scores["n_images"],
+        "averaging": "per-image Dice (F1) and IoU of the foreground, averaged over the test images "
+        "(as the paper's tables); pooled: over all test pixels",
+        "empty_mask_policy": scores["policy"]["mode"],
+    }
+
+
+def _training_record(summary: dict, cfg: RunConfig, rows: list[dict]) -> dict:
+    train_rows = [r for r in rows if r.get("kind") == "train"]
+    budget_rows = [r for r in rows if r.get("kind") == "budget"]
+    waits = [r["data_wait_frac"] for r in train_rows if "data_wait_frac" in r]
+    return {
+        "preset": cfg.preset,
+        "steps": summary["step"],
+        "seconds": summary["elapsed_s"],
+        "minutes_budget": cfg.train.budget_minutes,
+        "budget_fix": budget_rows[0] if budget_rows else None,
+        "stopped_by": summary["stopped_by"],
+        "compile": summary.get("compile"),
+        "batch_size": cfg.train.batch_size,
+        "prediction": cfg.model.prediction,
+        "lr": cfg.train.lr,
+        "lr_schedule": cfg.train.lr_schedule,
+        "lr_min": cfg.train.lr_min,
+        "warmup_steps": cfg.train.warmup_steps,
+        "ema_rate": cfg.train.ema_rate,
+        "t_sampling": cfg.train.t_sampling,
+        "steps_per_second": summary["step"] / max(summary["elapsed_s"], 1e-9),
+        "data_wait_fraction_mean": float(np.mean(waits)) if waits else None,
+        "final_loss": train_rows[-1]["loss"] if train_rows else None,
+        "best_validation": summary["best"],
+    }
+
+
+def run_baseline(args, cfg: RunConfig, view: Path, out: Path, device, minutes: float, phases: Phases) -> dict:
+    """The same network trained as a plain one-pass segmenter (x_t = 0, t = 0, sigmoid, BCE + soft Dice) for
+    the same training minutes, predicted once per window by the same quadrant protocol, evaluated alike."""
+    bcfg = copy.deepcopy(cfg)
+    bcfg.preset = f"{cfg.preset} as a one-pass segmenter"
+    bcfg.model.prediction = "onepass"
+    bcfg.train.budget_fixed_at = None
+    if bcfg.train.budget_minutes is not None:
+        bcfg.train.budget_minutes, bcfg.train.max_steps = minutes, 10**9
+    bcfg.train.val_generations, bcfg.train.val_steps = 1, 1
+    run_dir, pred_dir = out / "baseline" / "run", out / "baseline" / "pred"
+    summary = phases.run("baseline_train", train, view, run_dir, bcfg, device=str(device), progress=not args.quiet)
+    model = SegDiff.load(run_dir, weights="best", device=device)
+    phases.run(
+        "baseline_predict",
+        predict_folder,
+        model,
+        view / "test" / "images",
+        pred_dir,
+        batch_images=1,
+        overwrite=True,
+        progress=not args.quiet,
+        generations=1,
+        seed=args.seed,
+    )
+    scores = phases.run(
+        "baseline_evaluate", evaluate_dirs, pred_dir, view / "test", out=out / "baseline" / "metrics" / "summary.json"
+    )
+    rows = RunLog(run_dir, enabled=False).rows()
+    return {
+        "label": f"one-pass segmenter, same network, {summary['elapsed_s'] / 60:.2f} training minutes",
+        "test": _test_scores(scores),
+        "training": _training_record(summary, bcfg, rows),
+        "protocol": "one forward per 256 x 256 window (x_t = 0, t = 0), mask = sigmoid >= 0.5"
+        if not args.tiny
+        else "one forward per window (x_t = 0, t = 0), mask = sigmoid >= 0.5",
+    }
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     t_start = time.time()
+    budget_s = args.budget_minutes * 60
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     run_dir, pred_dir, metrics_dir = out / "run", out / "pred", out / "metrics"
-    old = [p for p in (run_dir, pred_dir, metrics_dir, out / "results.json") if p.exists()]
+    old = [p for p in (run_dir, pred_dir, metrics_dir, out / "baseline", out / "results.json") if p.exists()]
     if old and not args.overwrite:
         raise UserError(
             f"{out}: holds a former run ({', '.join(p.name for p in old)}); pass --overwrite or choose another --out"
@@ -511,104 +636,127 @@ def main(argv=None) -> dict:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    phases = Phases()
 
     # 1. data view
-    split = build_view(
-        args.data, out, args.val_images, args.seed, args.tiny_crop if args.tiny else None, args.test_images
+    split = phases.run(
+        "data",
+        build_view,
+        args.data,
+        out,
+        args.val_images,
+        args.seed,
+        args.tiny_crop if args.tiny else None,
+        args.test_images,
     )
     view = out / "data"
     log(
         f"data view {view}: {len(split['train'])} train, {len(split['val'])} val ({', '.join(split['val'])}), "
-        f"{len(split['test'])} test"
+        f"{len(split['test'])} test; budget {args.budget_minutes:g} min, training {args.train_minutes:.2f} min"
     )
 
-    # 2. training
-    cfg = make_config(args)
-    t0 = time.time()
-    summary = train(view, run_dir, cfg, device=str(device), progress=not args.quiet)
-    t_train = time.time() - t0
+    # 2. training (the budget is turned into a fixed number of steps after the first steps)
+    cfg = make_config(args, args.train_minutes)
+    summary = phases.run("train", train, view, run_dir, cfg, device=str(device), progress=not args.quiet)
+    cfg = RunConfig.load(run_dir / "config.json")  # with the max_steps the budget was turned into
     rows = RunLog(run_dir, enabled=False).rows()
     plot_curves(rows, out / "curves.png")
-    train_rows = [r for r in rows if r.get("kind") == "train"]
     log(
-        f"trained {summary['step']} steps in {summary['elapsed_s'] / 60:.1f} min ({summary['stopped_by']}); "
+        f"trained {summary['step']} steps in {summary['elapsed_s'] / 60:.2f} min ({summary['stopped_by']}); "
         f"best validation {summary['best']}"
     )
 
-    # 3. sampler cost
+    # 3. the sampling setting, chosen on the validation images
     model = SegDiff.load(run_dir, weights="best", device=device)
     tile = model.config.data.size
-    first = sorted((view / "test" / "images").iterdir())[0]
-    image = torch.from_numpy(read_image(first)).permute(2, 0, 1)[None].to(device)
-    h, w = image.shape[-2:]
-    n_windows = len(windows(h, w, tile, model.config.data.tile_stride or tile))
-    window = model.normalize(image)[..., :tile, :tile]
-    want_bg = args.batch_generations or (n_windows * args.generations if device.type == "cuda" else 30)
+    val = load_split(view / "val")
+    image0 = val[0][1][None].to(device)
+    h, w = image0.shape[-2:]
+    n_windows = len(windows(h, w, tile, model.config.predict.tile_stride or tile))
+    grid = TINY_GRID if args.tiny else GRID
+    g_max = args.generations or max(grid["generations"])
+    want_bg = args.batch_generations or (n_windows * g_max if device.type == "cuda" else 32)
+    window = model.normalize(image0)[..., :tile, :tile]
     per_batch = fit_batch_generations(model, window, want_bg) if device.type == "cuda" else want_bg
-    cost = SamplerCost(model, window, probe_steps=10 if device.type == "cuda" else 2)
     n_test = len(split["test"])
+    left = budget_s - (time.time() - t_start) - RESERVE_S
+    if args.generations:
+        grid_rows, grid_skipped = [], []
+        chosen = {"sampler": args.sampler or model.config.predict.sampler, "steps": args.steps}
+        chosen["generations"] = args.generations
+        choice = {"reason": "fixed by --generations/--steps (no validation grid)", "row": chosen, "best_iou": None}
+    else:
+        grid_rows, _, grid_skipped = phases.run(
+            "select", validation_grid, model, val, grid, n_test, GRID_SHARE * left, per_batch, args.seed
+        )
+        left = budget_s - (time.time() - t_start) - RESERVE_S
+        choice = choose_setting(grid_rows, left)
+        chosen = choice["row"]
+        grid_figure(out / "selection.png", grid_rows, chosen)
+    log(f"sampling setting: {chosen} ({choice['reason']})")
 
-    # 4. protocol
-    G, K, choice = choose_protocol(args, cost, n_test, n_windows, per_batch, t_start)
-    log(choice["reason"])
-
-    # 5. prediction
-    t0 = time.time()
-    pred = predict_folder(
+    # 4. prediction of the test split by the quadrant protocol
+    pred = phases.run(
+        "predict",
+        predict_folder,
         model,
         view / "test" / "images",
         pred_dir,
         batch_images=1,
         overwrite=True,
         progress=not args.quiet,
-        generations=G,
-        steps=K,
+        generations=chosen["generations"],
+        steps=chosen["steps"],
+        sampler=chosen["sampler"],
         batch_generations=per_batch,
         seed=args.seed,
     )
-    t_pred = time.time() - t0
-    log(
-        f"predicted {pred['predicted']} test images in {t_pred / 60:.1f} min "
-        f"(estimated {choice['estimate_s'] / 60:.1f} min)"
-    )
 
-    # 6. evaluation and figures
-    scores = evaluate_dirs(pred_dir, view / "test", out=metrics_dir / "summary.json")
+    # 5. evaluation and figures
+    scores = phases.run("evaluate", evaluate_dirs, pred_dir, view / "test", out=metrics_dir / "summary.json")
     import csv
 
-    with open(metrics_dir / "summary_per_image.csv") as fh:
-        per_image = {r["stem"]: {k: float(r[k]) for k in ("f1", "iou")} for r in csv.DictReader(fh)}
-    show = sorted(split["test"])[: args.figure_images]
-    test_figure(out / "figure.png", view, pred_dir, show, per_image)
-    shutil.copy(metrics_dir / "summary_reliability.png", out / "reliability.png")
-    reference = threshold_baseline(view)
-    log(
-        f"reference, best global grey threshold chosen on train: Dice {reference['dice_percent']:.2f} %, "
-        f"IoU {reference['iou_percent']:.2f} % on the same test images ({reference['rule']})"
-    )
+    def figures():
+        with open(metrics_dir / "summary_per_image.csv") as fh:
+            per_image = {r["stem"]: {k: float(r[k]) for k in ("f1", "iou")} for r in csv.DictReader(fh)}
+        show = sorted(split["test"])[: args.figure_images]
+        test_figure(out / "figure.png", view, pred_dir, show, per_image)
+        shutil.copy(metrics_dir / "summary_reliability.png", out / "reliability.png")
 
-    best = summary["best"]
+    phases.run("figures", figures)
+    reference = threshold_baseline(view)
     ours = {"dice": 100 * scores["f1"], "iou": 100 * scores["iou"]}
-    opts = model.sampling_options(generations=G, steps=K, batch_generations=per_batch, seed=args.seed)
+    opts = model.sampling_options(
+        generations=chosen["generations"],
+        steps=chosen["steps"],
+        sampler=chosen["sampler"],
+        batch_generations=per_batch,
+        seed=args.seed,
+    )
+    segdiff_s = time.time() - t_start
     result = {
-        "benchmark": "MoNuSeg (issue 3)",
+        "benchmark": "MoNuSeg (issues 3, 9)",
         "label": PIPELINE_LABEL if args.tiny else "MoNuSeg test split, the paper's quadrant protocol",
-        "test": {
-            "dice_percent": ours["dice"],
-            "iou_percent": ours["iou"],
-            "dice_pooled_percent": 100 * scores["f1_pooled"],
-            "iou_pooled_percent": 100 * scores["iou_pooled"],
-            "boundf_percent": 100 * scores["boundf"],
-            "wcov_paper_percent": 100 * scores["wcov"],
-            "calibration": {k: scores["calibration"][k] for k in ("mean", "stderr", "pooled", "ece")},
-            "n_images": scores["n_images"],
-            "averaging": "per-image Dice (F1) and IoU of the foreground, averaged over the test images "
-            "(as the paper's tables); pooled: over all test pixels",
-            "empty_mask_policy": scores["policy"]["mode"],
-        },
+        "budget_minutes": args.budget_minutes,
+        "segdiff_pipeline_minutes": segdiff_s / 60,
+        "within_budget": segdiff_s <= budget_s,
+        "phases_s": phases.seconds,
+        "test": _test_scores(scores),
         "reference_global_threshold": reference,
+        "selection": {
+            "rule": "the cheapest setting of the grid within 0.5 IoU points of the grid's best on the validation "
+            "images whose estimated test time fits what is left of the budget (segdiff.bench.select.choose_setting)",
+            "grid": grid if not args.generations else None,
+            "grid_share_of_time_left": GRID_SHARE,
+            "validation_scores": grid_rows,
+            "skipped": grid_skipped,
+            "chosen": chosen,
+            "best_val_iou": choice["best_iou"],
+            "reason": choice["reason"],
+            "validation_images": split["val"],
+        },
         "protocol": {
-            "preset": model.config.preset if not args.tiny else "tiny (pipeline check)",
+            "preset": model.config.preset + (" (pipeline check)" if args.tiny else ""),
             "test_images": split["test"],
             "test_resolution": [int(h), int(w)],
             "test_input": (
@@ -617,32 +765,25 @@ def main(argv=None) -> dict:
                 else "the full 512x512 test image"
             ),
             "window": tile,
-            "stride": model.config.data.tile_stride or tile,
+            "stride": opts.tile_stride or tile,
             "windows_per_image": n_windows,
             "g_per_window": True,
-            "generations": G,
-            "sampling_steps": K,
+            "generations": chosen["generations"],
+            "sampling_steps": chosen["steps"],
             "T": model.config.diffusion.steps,
             "sampler": opts.sampler,
             "variance": opts.variance,
             "clip_x0": opts.clip_x0,
+            "prediction": model.config.model.prediction,
             "amp": "bf16" if device.type == "cuda" else "fp32",
             "seed": args.seed,
             "batch_generations": per_batch,
-            "choice": choice,
             "weights": Path(getattr(model, "weights_file", "")).name,
+            "predict_seconds": pred["seconds"],
             "mask": "mean over generations of clamp((x0 + 1) / 2) >= 0.5",
         },
         "training": {
-            "steps": summary["step"],
-            "seconds": summary["elapsed_s"],
-            "minutes_budget": args.train_minutes,
-            "stopped_by": summary["stopped_by"],
-            "batch_size": cfg.train.batch_size,
-            "lr": cfg.train.lr,
-            "steps_per_second": summary["step"] / max(summary["elapsed_s"], 1e-9),
-            "final_loss": train_rows[-1]["loss"] if train_rows else None,
-            "best_validation": best,
+            **_training_record(summary, cfg, rows),
             "val_every": cfg.train.val_every,
             "validation": f"{len(split['val'])} held-out training images, {cfg.train.val_generations} "
             f"generations x {cfg.train.val_steps} steps; the better of raw and EMA weights is kept",
@@ -652,8 +793,6 @@ def main(argv=None) -> dict:
             "augmentation": asdict(cfg.data.augment),
             "parameters_M": sum(p.numel() for p in model.net.parameters()) / 1e6,
         },
-        "sampler_cost": {"seconds_per_call": cost.measured, "probe_steps": cost.probe_steps},
-        "seconds": {"train_call": t_train, "predict": t_pred, "total": time.time() - t_start},
         "environment": environment(device),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "files": [
@@ -661,6 +800,7 @@ def main(argv=None) -> dict:
             "curves.png",
             "figure.png",
             "reliability.png",
+            "selection.png",
             "metrics/summary.json",
             "metrics/summary_per_image.csv",
         ],
@@ -668,12 +808,29 @@ def main(argv=None) -> dict:
     if not args.tiny:
         result["paper_table3"] = PAPER_TABLE3
         result["gap_to_paper_segdiff"] = {k: ours[k] - PAPER_TABLE3["SegDiff (paper)"][k] for k in ours}
-    result["seconds"]["total"] = time.time() - t_start
-    (out / "results.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    _write_json(out / "results.json", result)
     log(
         f"{result['label']}: Dice {ours['dice']:.2f} %, IoU {ours['iou']:.2f} % over {scores['n_images']} test "
-        f"images; total {result['seconds']['total'] / 60:.1f} min -> {out / 'results.json'}"
+        f"images; SegDiff pipeline {segdiff_s / 60:.2f} min of {args.budget_minutes:g} -> {out / 'results.json'}"
     )
+
+    # 6. the one-pass baseline at equal training minutes (after the SegDiff pipeline, outside its budget)
+    if not args.no_baseline:
+        base = run_baseline(args, cfg, view, out, device, summary["elapsed_s"] / 60, phases)
+        result["one_pass_baseline"] = base
+        bt = base["test"]
+        result["segdiff_minus_one_pass"] = {
+            "dice": ours["dice"] - bt["dice_percent"],
+            "iou": ours["iou"] - bt["iou_percent"],
+        }
+        log(
+            f"one-pass baseline ({base['label']}): Dice {bt['dice_percent']:.2f} %, IoU {bt['iou_percent']:.2f} %; "
+            f"SegDiff {'beats' if ours['iou'] > bt['iou_percent'] else 'does NOT beat'} it "
+            f"({result['segdiff_minus_one_pass']['iou']:+.2f} IoU points)"
+        )
+    result["phases_s"] = phases.seconds
+    result["total_minutes"] = (time.time() - t_start) / 60
+    _write_json(out / "results.json", result)
     return result
 
 

@@ -97,7 +97,9 @@ class SegDiff:
         if eps is None:
             eps = torch.randn(x0.shape, generator=generator).to(self.device)
         cond = self.net.encode_image(self.normalize(image))
-        return training_loss(self.net, x0, cond, t.to(self.device), eps.to(self.device), self.schedule)
+        return training_loss(
+            self.net, x0, cond, t.to(self.device), eps.to(self.device), self.schedule, self.config.model.prediction
+        )
 
     # -- prediction -----------------------------------------------------------------------------
     def sampling_options(self, base: PredictConfig | None = None, **overrides) -> PredictConfig:

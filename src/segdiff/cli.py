@@ -16,6 +16,8 @@ from .errors import UserError
 TRAIN_FLAGS = {
     "max_steps": "train.max_steps",
     "max_minutes": "train.max_minutes",
+    "budget_minutes": "train.budget_minutes",
+    "compile": "train.compile",
     "batch_size": "train.batch_size",
     "lr": "train.lr",
     "seed": "train.seed",
@@ -190,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(t)
     t.add_argument("--max-steps", type=int, help="= --set train.max_steps=N")
     t.add_argument("--max-minutes", type=float, help="stop after this wall time (and save); = train.max_minutes")
+    t.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="train for this many minutes, turned once into a fixed train.max_steps (written to config.json, "
+        "kept on --resume) from the throughput of the first steps; = train.budget_minutes",
+    )
+    t.add_argument(
+        "--compile",
+        choices=["off", "auto", "default", "reduce-overhead", "max-autotune"],
+        help="torch.compile the training step (auto: on CUDA when the run repays the compile time); = train.compile",
+    )
     t.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")
     t.add_argument("--lr", type=float)
     t.add_argument("--seed", type=int)

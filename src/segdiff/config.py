@@ -31,6 +31,10 @@ AMP_MODES = ("auto", "bf16", "fp16", "fp32")
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
 SCHEDULES = ("scaled", "paper")
 TIME_EMBEDDINGS = ("sinusoidal", "learned")
+PREDICTIONS = ("eps", "x0", "onepass")
+LR_SCHEDULES = ("constant", "cosine", "linear")
+T_SAMPLINGS = ("uniform", "high_noise")
+TRAIN_COMPILE = ("off", "auto", *COMPILE_MODES[1:])
 
 
 class ConfigError(UserError):
@@ -88,6 +92,11 @@ class ModelConfig:
     rrdb_nf: int = 64  # G: trunk width
     rrdb_gc: int = 32  # G: dense-block growth channels
     time_embedding: str = "sinusoidal"  # "sinusoidal" (authors' code) or "learned" (paper's look-up table)
+    # What the network outputs: "eps" (the paper: eps_theta, MSE to the noise, eq. 18), "x0" (the network
+    # outputs x0 and is trained with the MSE to x0; the samplers convert it to eps, one code path), or
+    # "onepass" (NOT diffusion: the baseline segmenter, logits = net(x_t = 0, t = 0, G(I)), BCE + soft Dice,
+    # one deterministic map per image; see docs/results.md).
+    prediction: str = "eps"
 
     @property
     def stride(self) -> int:
@@ -104,6 +113,7 @@ class ModelConfig:
         _check(all(d >= 1 for d in self.attention_ds), key, self.attention_ds, "factors must be at least 1")
         _check(0 <= self.dropout < 1, prefix + "dropout", self.dropout, "must be in [0, 1)")
         _one_of(self, prefix, "time_embedding", TIME_EMBEDDINGS)
+        _one_of(self, prefix, "prediction", PREDICTIONS)
         # attention levels (and the middle block, at the last level) split their channels over the heads
         ds_of_level = [2**i for i in range(len(self.channel_mult))]
         for ds, mult in zip(ds_of_level, self.channel_mult):
@@ -175,7 +185,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 = no clipping
     max_steps: int = 100_000
     max_minutes: float | None = None  # stop after this wall time (benchmarks), then save
-    ema_rate: float = 0.9999
+    ema_rate: float = 0.9999  # 0 = no averaging (the EMA weights are the raw weights; validated once)
     warmup_steps: int = 0  # linear learning-rate warm-up
     log_every: int = 50
     val_every: int = 2000  # 0 = only at the end
@@ -185,6 +195,25 @@ class TrainConfig:
     val_max_images: int | None = 16  # None or 0 = all
     seed: int = 0
     num_workers: int = 0
+    # Learning rate after the warm-up: "constant" (the paper), or "cosine" / "linear" decay from lr to lr_min
+    # at max_steps. Follows the step count only, so a resumed run is bitwise the same (segdiff.train.schedule).
+    lr_schedule: str = "constant"
+    lr_min: float = 0.0
+    # Timestep distribution of training: "uniform" (Algorithm 2) or "high_noise": t = floor(T * sqrt(u)),
+    # u ~ U[0, 1), i.e. P(t) = (2t + 1) / T^2 (t = 0..T-1), linearly more weight on noisier steps (mean ~2T/3).
+    t_sampling: str = "uniform"
+    # Time budget of the training steps, in minutes (compile and warm-up included, validation excluded): the
+    # throughput measured over steps budget_warmup_steps .. budget_warmup_steps + budget_probe_steps is turned
+    # ONCE into a fixed max_steps, written to config.json (budget_fixed_at = that step) and kept on resume;
+    # if the budget is spent before the probe ends, max_steps is fixed at the current step.
+    budget_minutes: float | None = None
+    budget_warmup_steps: int = 5
+    budget_probe_steps: int = 20
+    budget_fixed_at: int | None = None  # set by the run when it fixes max_steps; never set it by hand
+    # torch.compile of the training step's forward/backward: "off", "auto" (on CUDA when the run is long
+    # enough to repay the compile time, see segdiff.train.schedule.should_compile), "default",
+    # "reduce-overhead", "max-autotune".
+    compile: str = "off"
 
     def validate(self, T: int, prefix: str = "train.") -> None:
         _at_least(self, prefix, 1, "batch_size", "max_steps", "log_every", "val_generations")
@@ -197,6 +226,15 @@ class TrainConfig:
             _check(self.max_minutes > 0, prefix + "max_minutes", self.max_minutes, "must be positive (or none)")
         if self.val_steps is not None:
             _check(1 <= self.val_steps <= T, prefix + "val_steps", self.val_steps, f"must be between 1 and T = {T}")
+        _one_of(self, prefix, "lr_schedule", LR_SCHEDULES)
+        _one_of(self, prefix, "t_sampling", T_SAMPLINGS)
+        _one_of(self, prefix, "compile", TRAIN_COMPILE)
+        _check(0 <= self.lr_min <= self.lr, prefix + "lr_min", self.lr_min, "must be in [0, train.lr]")
+        if self.budget_minutes is not None:
+            k, v = prefix + "budget_minutes", self.budget_minutes
+            _check(v > 0, k, v, "must be positive (or none)")
+        _at_least(self, prefix, 0, "budget_warmup_steps", "budget_probe_steps")
+        _at_least(self, prefix, 0, "budget_fixed_at", optional=True)
 
 
 @dataclass
@@ -676,7 +714,40 @@ def _tiny() -> RunConfig:
     )
 
 
-PRESETS = {"cityscapes": _cityscapes, "vaihingen": _vaihingen, "monuseg": _monuseg, "tiny": _tiny}
+def _fast(cfg: RunConfig, name: str, lr: float, warmup: int, ema_rate: float) -> RunConfig:
+    """The short-budget recipe of issue 9 on a preset's network and data: x0-prediction, timestep sampling
+    weighted toward high noise, a constant lr after a warm-up (a cosine decay scored lower at equal steps), a
+    short EMA; validation only at the end of training (a budget run's steps are fixed up front), on 4 images
+    with few steps. Chosen on the MoNuSeg validation images with the tiny network on a CPU (docs/results.md,
+    "Recipe for short budgets")."""
+    cfg.preset = name
+    cfg.model.prediction = "x0"
+    t = cfg.train
+    t.lr, t.warmup_steps, t.ema_rate = lr, warmup, ema_rate
+    t.t_sampling = "high_noise"
+    t.val_every, t.val_generations, t.val_steps, t.val_max_images = 0, 4, 5, 4
+    t.compile = "auto"
+    cfg.predict = dataclasses.replace(cfg.predict, generations=4, sampling_steps=5, sampler="ddim")
+    return cfg
+
+
+def _monuseg_fast() -> RunConfig:
+    """The paper's MoNuSeg network trained with the short-budget recipe (its GPU confirmation is pending)."""
+    return _fast(_monuseg(), "monuseg-fast", lr=2e-4, warmup=50, ema_rate=0.995)
+
+
+def _tiny_fast() -> RunConfig:
+    return _fast(_tiny(), "tiny-fast", lr=1e-3, warmup=50, ema_rate=0.995)
+
+
+PRESETS = {
+    "cityscapes": _cityscapes,
+    "vaihingen": _vaihingen,
+    "monuseg": _monuseg,
+    "tiny": _tiny,
+    "monuseg-fast": _monuseg_fast,
+    "tiny-fast": _tiny_fast,
+}
 
 
 def preset(name: str) -> RunConfig:

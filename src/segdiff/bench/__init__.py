@@ -42,7 +42,7 @@ def _add_benchmark(sub) -> None:
     b.add_argument(
         "--preset",
         nargs="+",
-        choices=["tiny", "vaihingen", "monuseg", "cityscapes"],
+        choices=["tiny", "vaihingen", "monuseg", "cityscapes", "monuseg-fast", "tiny-fast"],
         help="default: all three paper presets",
     )
     b.add_argument("--quick", action="store_true", help="tiny preset, few repetitions: a CPU smoke run (< 1 min)")
@@ -71,6 +71,11 @@ def _add_benchmark(sub) -> None:
     b.add_argument("--no-reference", action="store_true", help="skip the reference path")
     b.add_argument("--no-train", action="store_true", help="skip the training-step throughput")
     b.add_argument("--train-steps", type=int, help="timed training steps per mode (default 10)")
+    b.add_argument(
+        "--train-compile",
+        action="store_true",
+        help="also time the training step under torch.compile: samples/s eager vs compiled, and the compile time",
+    )
     b.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     b.add_argument(
         "--threads", type=int, help="CPU threads (torch.set_num_threads); 1 avoids OpenMP spinning on a busy machine"

@@ -85,6 +85,7 @@ class Protocol:
     train_steps: int = 10  # timed training steps per mode (after 3 warm-up steps)
     train_warmup: int = 3
     train: bool = True
+    train_compile: bool = False  # also time the training step under torch.compile (and its compile time)
     matmul_n: int | None = None  # None: 8192 on CUDA, 1024 on CPU
     quick: bool = False
     compile_times: bool = False  # cold and warm compile in fresh processes (compile_probe)
@@ -350,7 +351,9 @@ def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> di
 def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: str) -> dict:
     """Samples per second of one training step. mode "ours": train/loop.py's step (LossModule, bf16
     autocast on CUDA, gradient clipping, EMA update) with AdamW(fused=True) on CUDA; "plain": the same
-    step in eager fp32 with PyTorch's default AdamW. On a CPU both are the same fp32 step."""
+    step in eager fp32 with PyTorch's default AdamW; "compiled": "ours" with the loss module under
+    torch.compile (TrainConfig.compile = "default"), its first step (the compile) timed on its own.
+    On a CPU "ours" and "plain" are the same fp32 step."""
     from ..api import SegDiff
     from ..train.ema import EMA
     from ..train.loop import LossModule, train_step
@@ -360,11 +363,13 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
     net = model.net.train()
     tc = cfg.train
     cuda = device.type == "cuda"
-    ours = mode == "ours"
+    ours = mode in ("ours", "compiled")
     opt_kw = {"fused": True} if (ours and cuda) else {}
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **opt_kw)
     ema = EMA(net, tc.ema_rate)
     loss_mod = LossModule(model)
+    if mode == "compiled":
+        loss_mod = torch.compile(loss_mod)
     n, s = tc.batch_size, cfg.data.size
     g = torch.Generator().manual_seed(0)
     image = torch.rand(n, cfg.model.image_channels, s, s, generator=g).to(device)
@@ -383,7 +388,8 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
             step()
 
     with PeakMemory(device) as mem:
-        for _ in range(proto.train_warmup):
+        first_s = _timed(step, device, repeats=1, warmup=0)[0]  # includes the compile in mode "compiled"
+        for _ in range(proto.train_warmup - 1):
             step()
         seconds = _timed(steps, device, repeats=1, warmup=0)[0]
     result = {
@@ -396,8 +402,10 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
         "optimizer": "AdamW(fused=True)" if opt_kw else "AdamW (PyTorch default implementation)",
         "peak_memory_bytes": mem.bytes,
         "peak_memory_kind": mem.kind,
+        "first_step_seconds": first_s,
     }
-
+    if mode == "compiled":
+        result["compile_seconds"] = first_s - seconds / proto.train_steps  # first step minus a compiled step
     if cuda:
         torch.cuda.empty_cache()
     return result
@@ -608,8 +616,13 @@ def run_benchmark(presets: list, device: torch.device, proto: Protocol, progress
         res["auto"] = auto_rule(res, device, proto)
         if proto.train:
             progress(f"{name}: training step ...")
-            res["train"] = {m: bench_training(cfg, device, proto, m) for m in ("ours", "plain")}
+            modes = ("ours", "plain", "compiled") if proto.train_compile else ("ours", "plain")
+            res["train"] = {m: bench_training(cfg, device, proto, m) for m in modes}
             res["train"]["speedup"] = res["train"]["ours"]["samples_per_s"] / res["train"]["plain"]["samples_per_s"]
+            if proto.train_compile:
+                res["train"]["compiled_vs_eager"] = (
+                    res["train"]["compiled"]["samples_per_s"] / res["train"]["ours"]["samples_per_s"]
+                )
         if proto.profile and not report.get("profile"):
             progress(f"{name}: torch.profiler summary ...")
             report["profile"] = profile_sampling(cfg, device, pproto, Path(proto.profile))
@@ -683,6 +696,13 @@ def format_report(report: dict) -> str:
                 f" {tr['ours']['optimizer']}), plain fp32 {tr['plain']['samples_per_s']:.2f},"
                 f" {tr['speedup']:.2f}x (batch {tr['ours']['batch_size']}, {tr['ours']['steps']} steps)"
             )
+            if "compiled" in tr:
+                c = tr["compiled"]
+                lines.append(
+                    f"{res['preset']:<11}train samples/s: eager {tr['ours']['samples_per_s']:.2f}, torch.compile "
+                    f"{c['samples_per_s']:.2f} ({tr['compiled_vs_eager']:.2f}x); "
+                    f"compile time {c['compile_seconds']:.1f} s"
+                )
     lines.append("")
     if env["device"].startswith("cpu") and any("train" in res for res in report["presets"]):
         lines.append("on a CPU both training modes run the same fp32 step (bf16 and fused AdamW are CUDA-only)")
@@ -782,6 +802,7 @@ def cli(args) -> int:
     proto.reference_batched = args.reference_batched
     proto.reference = not args.no_reference
     proto.train = not args.no_train
+    proto.train_compile = args.train_compile
     for v in proto.variants:
         try:
             variant_overrides(v)

@@ -16,6 +16,7 @@ import torch
 
 from .. import rng
 from ..config import DataConfig
+from ..diffusion.schedule import sample_timestep
 from ..errors import DataError
 from .folder import Sample, pair_split
 from .io import read_image, read_mask
@@ -83,10 +84,10 @@ def channel_stats(images: list[torch.Tensor]) -> tuple[tuple[float, ...], tuple[
 class TrainBatches:
     """Training pairs held in memory (uint8 images) and the step-keyed batch of any step."""
 
-    def __init__(self, samples: list[Sample], cfg: DataConfig, T: int, seed: int):
+    def __init__(self, samples: list[Sample], cfg: DataConfig, T: int, seed: int, t_sampling: str = "uniform"):
         if not samples:
             raise DataError("no training images")
-        self.cfg, self.T, self.seed = cfg, T, seed
+        self.cfg, self.T, self.seed, self.t_sampling = cfg, T, seed, t_sampling
         self.out_hw = (cfg.augment.crop or cfg.size,) * 2
         self.images, self.masks = [], []
         for s in samples:
@@ -123,7 +124,7 @@ class TrainBatches:
         g = rng.generator(self.seed, step, gidx)
         i = self.index(step * batch_size + gidx)
         image, mask = augment(self.images[i].float() / 255, self.masks[i].float(), self.cfg.augment, self.out_hw, g)
-        t = int(torch.randint(self.T, (), generator=g))
+        t = sample_timestep(self.T, self.t_sampling, g)
         eps = torch.randn((1, *self.out_hw), generator=g)
         return image, mask * 2 - 1, t, eps
 

@@ -34,14 +34,50 @@ def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sched: 
     return _at(sched.coef_x0, t, x_t) * x0 + _at(sched.coef_xt, t, x_t) * x_t
 
 
+PREDICTIONS = ("eps", "x0", "onepass")
+
+
 def training_loss(
-    model, x0: torch.Tensor, cond: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sched: Schedule
+    model,
+    x0: torch.Tensor,
+    cond: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    sched: Schedule,
+    prediction: str = "eps",
 ) -> torch.Tensor:
-    """Mean squared error between eps and eps_theta(x_t, I, t) (eq. 18), a mean over pixels and batch.
+    """The training loss of a batch, a mean over pixels and batch.
+
+    prediction "eps": the MSE between eps and eps_theta(x_t, I, t) (eq. 18). "x0": the network outputs x0
+    and the loss is the MSE to x0 (the same x_t and t). "onepass": not diffusion, the baseline segmenter
+    (`onepass_loss`); t and eps are ignored.
 
     The authors' per-image sum under fp16 loss scaling is the documented cause of their users' NaN and
     divergence reports; the mean keeps the gradient scale independent of the image size.
     """
+    if prediction == "onepass":
+        return onepass_loss(model, x0, cond)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
     x_t = q_sample(x0, t, eps, sched)
     pred = model(x_t, t, cond)
-    return torch.mean((pred.float() - eps.float()) ** 2)
+    target = x0 if prediction == "x0" else eps
+    return torch.mean((pred.float() - target.float()) ** 2)
+
+
+def onepass_logits(model, cond: torch.Tensor, shape) -> torch.Tensor:
+    """The one-pass segmenter: logits = net(x_t = 0, t = 0, G(I)); shape [N, 1, H, W]."""
+    n = shape[0]
+    x = torch.zeros(shape, device=cond.device, dtype=cond.dtype)
+    return model(x, torch.zeros(n, dtype=torch.long, device=cond.device), cond)
+
+
+def onepass_loss(model, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice (foreground, per image, averaged) of sigmoid(logits) against the mask (x0 + 1) / 2."""
+    logits = onepass_logits(model, cond, x0.shape).float()
+    target = (x0.float() + 1) / 2
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    inter = (p * target).flatten(1).sum(1)
+    dice = (2 * inter + 1.0) / (p.flatten(1).sum(1) + target.flatten(1).sum(1) + 1.0)
+    return bce + (1 - dice).mean()

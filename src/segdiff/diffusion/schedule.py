@@ -94,3 +94,32 @@ class Schedule:
 
 def make_schedule(T: int = 100, kind: str = "scaled") -> Schedule:
     return Schedule(torch.from_numpy(linear_betas(T, kind)), torch.arange(T))
+
+
+T_SAMPLINGS = ("uniform", "high_noise")
+
+
+def sample_timestep(T: int, kind: str, generator: torch.Generator) -> int:
+    """One training timestep index in 0..T-1.
+
+    "uniform": Algorithm 2's t ~ U{0..T-1}. "high_noise": t = floor(T * sqrt(u)), u ~ U[0, 1), so
+    P(t) = ((t + 1)^2 - t^2) / T^2 = (2t + 1) / T^2: weight growing linearly with t, mean about 2T/3;
+    the noisiest step is drawn 2T - 1 times as often as the cleanest (the steps that decide the mask from
+    little signal are the ones a short run must learn first).
+    """
+    if kind == "uniform":
+        return int(torch.randint(T, (), generator=generator))
+    if kind == "high_noise":
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        return min(T - 1, int(T * u**0.5))
+    raise ValueError(f"t_sampling {kind!r}: choose one of {', '.join(T_SAMPLINGS)}")
+
+
+def timestep_probabilities(T: int, kind: str) -> np.ndarray:
+    """P(t) of `sample_timestep`, t = 0..T-1 (documentation and tests)."""
+    if kind == "uniform":
+        return np.full(T, 1.0 / T)
+    if kind == "high_noise":
+        t = np.arange(T, dtype=np.float64)
+        return (2 * t + 1) / T**2
+    raise ValueError(f"t_sampling {kind!r}: choose one of {', '.join(T_SAMPLINGS)}")

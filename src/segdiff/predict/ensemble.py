@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import replace
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 from ..config import COMPILE_MODES, PredictConfig
 from ..diffusion import sample
+from ..diffusion.gaussian import eps_from_x0, onepass_logits
 from ..diffusion.schedule import Schedule
 from ..rng import GenerationNoise
 from . import compiling
@@ -72,6 +74,12 @@ def sample_x0(
     rows = pad_rows or compiling.chunk_rows(B, G, per_batch)
     with autocast(device, opts.amp):
         cond = net.encode_image(image)  # once per image, reused by every step and generation
+    prediction = output_kind(net)
+    if prediction == "onepass":  # the baseline segmenter: one deterministic map, the same for every generation
+        with autocast(device, opts.amp):
+            logits = onepass_logits(fwd, cond, (B, 1, H, W))
+        return torch.tanh(logits.float() / 2).expand(B, G, H, W).clone()  # (x0 + 1) / 2 = sigmoid(logits)
+    to_eps = _x0_to_eps(sched, steps) if prediction == "x0" else None
     out = torch.empty(B, G, H, W, device=device)
     all_keys = noise_keys(keys, G, opts.seed)
     for b0, b1, g0, g1 in _chunks(B, G, per_batch):
@@ -87,10 +95,11 @@ def sample_x0(
 
         def eps_fn(x, t, c=c):
             with autocast(device, opts.amp):
-                eps = fwd(x, t, c)
+                y = fwd(x, t, c)
             if on_step is not None:
                 on_step()
-            return eps
+            # an x0-predicting network: eps of eq. 5, so that every sampler runs its one eps code path
+            return to_eps(x, t, y.float()) if to_eps is not None else y
 
         x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, steps, opts.variance, opts.eta, opts.clip_x0)
         out[b0:b1, g0:g1] = x0[:n].view(b1 - b0, g1 - g0, H, W)
@@ -100,6 +109,21 @@ def sample_x0(
 def network_calls(batch: int, opts: PredictConfig, T: int) -> int:
     """How many network calls `sample_x0` makes for `batch` images under `opts` on a chain of T steps."""
     return opts.steps_for(T) * len(list(_chunks(batch, opts.generations, max(1, opts.batch_generations))))
+
+
+def output_kind(net) -> str:
+    """What the network outputs: its ModelConfig.prediction ("eps", "x0" or "onepass"); eps by default."""
+    return getattr(getattr(net, "cfg", None), "prediction", "eps")
+
+
+def _x0_to_eps(sched: Schedule, steps: int):
+    """eps (eq. 5) of an x0 prediction, with the alpha_bar of the chain the sampler walks (the respaced one,
+    whose last beta may be capped), so that the sampler's own x0 from this eps is the network's x0."""
+    chain = sched.respace(steps)
+    ab = torch.ones(len(sched), dtype=torch.float64)
+    ab[chain.timesteps] = chain.alpha_bar
+    values = SimpleNamespace(alpha_bar=ab)
+    return lambda x, t, x0: eps_from_x0(x, t, x0, values)
 
 
 class _CompiledCache(dict):

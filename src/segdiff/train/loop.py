@@ -42,6 +42,7 @@ from .distributed import (
 )
 from .ema import EMA
 from .logging import RunLog, plot_curves
+from .schedule import learning_rate, probe_end, should_compile, steps_for_budget
 
 
 class LossModule(nn.Module):
@@ -55,7 +56,7 @@ class LossModule(nn.Module):
     def forward(self, image, x0, t, eps):
         model = self._model[0]
         cond = self.net.encode_image(model.normalize(image))
-        return training_loss(self.net, x0, cond, t, eps, model.schedule)
+        return training_loss(self.net, x0, cond, t, eps, model.schedule, model.config.model.prediction)
 
 
 def train_step(loss_fn, net: nn.Module, opt, ema: EMA, batch, step: int, grad_clip: float, amp) -> torch.Tensor:
@@ -72,10 +73,9 @@ def train_step(loss_fn, net: nn.Module, opt, ema: EMA, batch, step: int, grad_cl
     return loss
 
 
-def _lr(cfg, step: int) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr
+_now = time.time  # the loop's clock (a test replaces it to make the budget's throughput probe deterministic)
+
+_UNBOUNDED = 10**12  # the data loader's length before a budget run has fixed max_steps
 
 
 def validation_options(model: SegDiff, cfg: RunConfig, shapes: list[tuple[int, int]], validations: int):
@@ -139,15 +139,25 @@ def train(
     """
     data, out = Path(data), Path(out)
     changes: dict[str, tuple] = {}
+    kept = None  # a budget run's fixed max_steps, kept over the one requested on resume
     if resume:
         if not (out / "config.json").is_file():
             raise UserError(f"--resume: {out} holds no run to resume (no config.json); leave out --resume to start one")
-        config, changes = resume_config(RunConfig.load(out / "config.json"), config)
+        saved = RunConfig.load(out / "config.json")
+        if config is not None and saved.train.budget_fixed_at is not None:
+            # a budget run keeps the max_steps its budget was turned into (its lr schedule depends on it)
+            st, rt = saved.train, config.train
+            if rt.max_steps != st.max_steps and rt.budget_fixed_at is None:
+                kept = f"max_steps {st.max_steps} (fixed by the budget at step {st.budget_fixed_at}), not "
+                kept += str(rt.max_steps)
+            config = replace(config, train=replace(rt, max_steps=st.max_steps, budget_fixed_at=st.budget_fixed_at))
+        config, changes = resume_config(saved, config)
     elif config is None:
         raise UserError("a new run needs a config (a preset or a config file)")
     elif (out / "train_state.pt").exists() or (out / "config.json").exists():
         raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     config.validate()
+    config = replace(config, train=replace(config.train))  # the budget fixes max_steps in this run's own copy
     info = init_distributed("cpu" if device == "cpu" else None)
     device = resolve_device(device, info)  # cuda:LOCAL_RANK under torchrun
     barrier(info)  # every rank has checked --out before rank 0 writes to it
@@ -156,7 +166,7 @@ def train(
         raise UserError(f"--batch-size {tc.batch_size} is not divisible by the {info.world} processes")
 
     splits = make_splits(data, config.data.val_fraction, tc.seed)
-    batches = TrainBatches(splits.train, config.data, config.diffusion.steps, tc.seed)
+    batches = TrainBatches(splits.train, config.data, config.diffusion.steps, tc.seed, tc.t_sampling)
     if config.data.mean is None:
         mean, std = channel_stats(batches.float_images())
         config = replace(config, data=replace(config.data, mean=mean, std=std))  # the caller's config is unchanged
@@ -196,6 +206,8 @@ def train(
         f"{'resumed at step ' + str(step) if resume else 'started'}: data {data}, preset {config.preset}, "
         f"device {model.device}, {info.world} process(es), val: {splits.val_source} ({len(splits.val)})"
     )
+    if resume and kept:
+        log.text(f"resumed with {kept}")
     if changes:
         if info.main:
             config.save(out / "config.json")
@@ -208,8 +220,10 @@ def train(
         ddp = nn.parallel.DistributedDataParallel(loss_mod, device_ids=ids)
     per_rank = tc.batch_size // info.world
     start, stop = info.rank * per_rank, (info.rank + 1) * per_rank
+    budget = tc.budget_minutes is not None and tc.budget_fixed_at is None  # max_steps still to be fixed
+    last = _UNBOUNDED if budget else tc.max_steps
     loader = torch.utils.data.DataLoader(
-        StepDataset(batches, step, tc.max_steps, tc.batch_size, start, stop),
+        StepDataset(batches, step, last, tc.batch_size, start, stop),
         batch_size=None,
         shuffle=False,
         num_workers=tc.num_workers,
@@ -218,6 +232,11 @@ def train(
         generator=torch.Generator(),  # the iterator draws a base seed: not from the global RNG (dropout)
     )
     amp = torch.bfloat16 if model.device.type == "cuda" else None
+    compile_mode = should_compile(tc.compile, model.device.type, tc.budget_minutes)
+    step_module = ddp
+    if compile_mode != "off":
+        step_module = torch.compile(ddp, mode=None if compile_mode == "default" else compile_mode)
+        log.text(f"training step compiled with torch.compile (mode {compile_mode}; config compile={tc.compile})")
 
     def save() -> None:
         if info.main:
@@ -249,7 +268,8 @@ def train(
     # when compiling, one shared network is compiled once and gets the raw or EMA weights copied in
     # (every rank decides for the largest share, so that ranks agree)
     shapes = [tuple(im.shape[-2:]) for im, _ in val_pairs[: -(-len(val_pairs) // info.world)]]
-    validations = 2 * ((tc.max_steps - step) // tc.val_every + 1 if tc.val_every else 1)
+    left = 0 if (tc.budget_minutes is not None and tc.budget_fixed_at is None) else tc.max_steps - step  # unknown yet
+    validations = 2 * (left // tc.val_every + 1 if tc.val_every else 1)
     val_opts = validation_options(model, config, shapes, validations) if val_pairs else None
     val_net = None
     if val_opts is not None and val_opts.compile != "off":
@@ -260,10 +280,10 @@ def train(
         nonlocal best
         if not val_pairs:
             return
-        scores = {
-            name: validate(model, net, val_pairs, config, info, val_opts, val_net)
-            for name, net in (("raw", model.net), ("ema", ema.model))
-        }
+        t_val = _now()
+        nets = (("raw", model.net), ("ema", ema.model)) if tc.ema_rate else (("raw", model.net),)
+        scores = {name: validate(model, net, val_pairs, config, info, val_opts, val_net) for name, net in nets}
+        scores.setdefault("ema", scores["raw"])  # ema_rate 0: the EMA weights are the raw weights
         row = {"kind": "val", "step": step, **{f"{k}_{m}": v[m] for k, v in scores.items() for m in ("iou", "f1")}}
         log.record(**row)
         which = max(scores, key=lambda k: scores[k]["iou"])
@@ -275,16 +295,72 @@ def train(
                 atomic_write_text(out / "best.json", json.dumps(best, indent=2) + "\n")
         log.text(
             f"step {step}: val IoU raw {scores['raw']['iou']:.4f} ema {scores['ema']['iou']:.4f} "
-            f"(best {best['iou']:.4f} {best.get('weights')} @ {best.get('step')})"
+            f"(best {best['iou']:.4f} {best.get('weights')} @ {best.get('step')}; {_now() - t_val:.1f} s)"
         )
 
-    t0, losses, last_log = time.time() - elapsed, [], time.time()
+    def sync() -> None:
+        if model.device.type == "cuda":
+            torch.cuda.synchronize(model.device)
+
+    first_step = step
+    pend = probe_end(tc)
+    probe_from = max(tc.budget_warmup_steps, first_step + 1)  # a resumed run measures again after one step
+    if probe_from >= pend:
+        probe_from = first_step
+    probe_t0 = None
+
+    def fix_budget() -> None:
+        """Turn the budget into max_steps once (rank 0 measures; every rank takes its number)."""
+        sync()
+        now = _now()
+        done = step - probe_from
+        probe_s = (now - probe_t0) if (probe_t0 is not None and done > 0) else (now - t0)
+        probe_n = done if (probe_t0 is not None and done > 0) else max(step, 1)
+        n = steps_for_budget(tc.budget_minutes * 60, now - t0, probe_s, probe_n, step)
+        n = int(all_reduce_sum([float(n) if info.main else 0.0], model.device, info)[0])
+        tc.max_steps, tc.budget_fixed_at = n, step
+        if info.main:
+            config.save(out / "config.json")
+        log.record(
+            kind="budget",
+            step=step,
+            max_steps=n,
+            budget_s=tc.budget_minutes * 60,
+            elapsed_s=now - t0,
+            seconds_per_step=probe_s / probe_n,
+            probe_steps=probe_n,
+        )
+        log.text(
+            f"budget {tc.budget_minutes:g} min: {probe_s / probe_n:.4f} s/step measured over steps "
+            f"{step - probe_n}..{step} after {now - t0:.1f} s -> max_steps fixed at {n} (config.json)"
+        )
+        bar.total = n
+        bar.refresh()
+
+    t0, losses, last_log = _now() - elapsed, [], _now()
+    waited = 0.0  # seconds spent waiting for the data loader since the last log line
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and info.main), desc="train", unit="step")
     stopped_by = "max_steps"
     try:
         model.net.train()
-        for image, x0, t, eps in loader:
-            late = tc.max_minutes is not None and (time.time() - t0) / 60 >= tc.max_minutes
+        batches_it = iter(loader)
+        while step < tc.max_steps:
+            if budget and tc.budget_fixed_at is None:
+                if step == probe_from:
+                    sync()
+                    probe_t0 = _now()
+                # at the probe's end; earlier only if the budget is already spent (a very slow or busy machine)
+                if step >= pend or (step > first_step and _now() - t0 >= tc.budget_minutes * 60):
+                    fix_budget()
+                    if step >= tc.max_steps:
+                        break
+            tw = _now()
+            try:
+                image, x0, t, eps = next(batches_it)
+            except StopIteration:
+                break
+            waited += _now() - tw
+            late = tc.max_minutes is not None and (_now() - t0) / 60 >= tc.max_minutes
             if tc.max_minutes is not None and any_rank(late, model.device, info):  # ranks stop together
                 stopped_by = "max_minutes"
                 break
@@ -293,8 +369,13 @@ def train(
             if info.enabled:  # each rank its own dropout masks, keyed so that a resumed run continues exactly
                 torch.manual_seed(rng.key(tc.seed, "dropout", info.rank, step))
             for group in opt.param_groups:
-                group["lr"] = _lr(tc, step)
-            loss = train_step(ddp, model.net, opt, ema, (image, x0, t, eps), step, tc.grad_clip, amp)
+                group["lr"] = learning_rate(tc, step)
+            if step == first_step and compile_mode != "off":
+                tc_start = _now()
+            loss = train_step(step_module, model.net, opt, ema, (image, x0, t, eps), step, tc.grad_clip, amp)
+            if step == first_step and compile_mode != "off":
+                sync()
+                log.text(f"first step (torch.compile {compile_mode} included): {_now() - tc_start:.1f} s")
             step += 1
             losses.append(loss.detach())
             bar.update(1)
@@ -302,18 +383,20 @@ def train(
                 mean_loss = all_reduce_sum([float(torch.stack(losses).mean())], model.device, info)[0] / info.world
                 if not math.isfinite(mean_loss):
                     raise UserError(f"loss became {mean_loss} at step {step}; lower --lr or check the data")
-                now = time.time()
+                now = _now()
                 log.record(
                     kind="train",
                     step=step,
                     loss=mean_loss,
-                    lr=_lr(tc, step - 1),
+                    lr=learning_rate(tc, step - 1),
                     steps_per_s=len(losses) / max(now - last_log, 1e-9),
                     elapsed_s=now - t0,
+                    # host time blocked on the data loader / wall time of the interval (1 = starved)
+                    data_wait_frac=waited / max(now - last_log, 1e-9),
                 )
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
-                losses, last_log = [], now
-            elapsed = time.time() - t0
+                losses, last_log, waited = [], now, 0.0
+            elapsed = _now() - t0
             if tc.val_every and step % tc.val_every == 0:
                 model.net.eval()
                 run_validation()
@@ -321,17 +404,27 @@ def train(
             if tc.save_every and step % tc.save_every == 0:
                 save()
     except KeyboardInterrupt:
-        elapsed = time.time() - t0
+        elapsed = _now() - t0
         save()
         log.text(f"interrupted at step {step}; saved")
         raise
     finally:
         bar.close()
-    elapsed = time.time() - t0
+    elapsed = _now() - t0
     model.net.eval()
     if val_pairs and not (tc.val_every and step % tc.val_every == 0 and stopped_by == "max_steps"):
         run_validation()
     save()
+    if stopped_by == "max_steps" and tc.budget_fixed_at is not None:
+        stopped_by = "budget"
     log.text(f"finished at step {step} ({stopped_by}), {elapsed:.1f} s; best val {best}")
     shutdown(info)  # destroys the process group if init_distributed created it
-    return {"step": step, "elapsed_s": elapsed, "best": best, "stopped_by": stopped_by, "run": str(out)}
+    return {
+        "step": step,
+        "elapsed_s": elapsed,
+        "best": best,
+        "stopped_by": stopped_by,
+        "run": str(out),
+        "max_steps": tc.max_steps,
+        "compile": compile_mode,
+    }
