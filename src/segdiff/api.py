@@ -19,11 +19,12 @@ from .data.io import to_unit_float
 from .data.transforms import resize_image
 from .diffusion import make_schedule, training_loss
 from .errors import CheckpointError, UserError
+from .memory import check_prediction
 from .model import SegDiffUNet
 from .predict import compiling
 from .predict.ensemble import network_calls, pad_to_stride, sample_x0, summarise
 from .predict.tiling import Stitcher, blend_weight, windows
-from .train.checkpoint import load_into, read_weights, state_dict_cpu, write_files
+from .train.checkpoint import load_into, prev_path, read_weights, state_dict_cpu, write_files
 
 WEIGHT_FILES = {"best": "best.safetensors", "ema": "ema.safetensors", "raw": "model.safetensors"}
 
@@ -74,6 +75,8 @@ class SegDiff:
             image = image[None]
         if image.dim() != 4 or image.shape[1] != self.config.model.image_channels:
             raise UserError(f"expected an image [H, W, 3] or [B, 3, H, W], got shape {tuple(image.shape)}")
+        if not torch.isfinite(image).all():
+            raise UserError("the image has NaN or infinite values; replace them before predicting")
         return image.to(self.device, torch.float32)
 
     # -- training -------------------------------------------------------------------------------
@@ -169,6 +172,8 @@ class SegDiff:
         opts = self.resolve_compile(opts, [(H, W)] * B)
         keys = list(range(B)) if keys is None else keys
         size, stride = self.config.data.size, self.config.model.stride
+        # refuse what cannot fit before any work, or lower batch_generations (with a warning): segdiff/memory.py
+        opts = check_prediction(self.config, opts.mode, max(B, full_batch or 0), H, W, opts, self.device)
         G, bg = opts.generations, opts.batch_generations
         rows = compiling.chunk_rows(max(B, full_batch or 0), G, bg)
         x = self.normalize(image)
@@ -244,17 +249,26 @@ class SegDiff:
 
     @classmethod
     def load(cls, directory: str | Path, weights: str = "best", device: torch.device | str | None = None) -> SegDiff:
-        """Load a run folder. weights: "best" (best on validation; falls back to ema, then raw), "ema", "raw"."""
+        """Load a run folder. weights: "best" (best on validation; when the run has none yet, ema, then raw),
+        "ema", "raw". A damaged weights file is a CheckpointError naming it (no fall-back to other weights)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(f"{directory}: run folder not found")
         if weights not in WEIGHT_FILES:
             raise UserError(f"weights={weights!r}: choose one of {', '.join(WEIGHT_FILES)}")
-        model = cls(RunConfig.load(directory / "config.json"), device)
+        config = RunConfig.load(directory / "config.json")
+        try:
+            model = cls(config, device)
+        except (ValueError, TypeError, ZeroDivisionError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{directory / 'config.json'}: cannot build the model from this configuration ({exc})"
+            ) from None
         order = {"best": ["best", "ema", "raw"], "ema": ["ema"], "raw": ["raw"]}[weights]
         for name in order:
             path = directory / WEIGHT_FILES[name]
-            if path.is_file():
+            if not path.is_file() and prev_path(path).is_file():  # a checkpoint save was interrupted
+                path = prev_path(path)
+            if path.is_file():  # a damaged file is an error naming it, not a silent fall-back
                 state, _ = read_weights(path)
                 load_into(model.net, state, path)
                 model.weights_file = path

@@ -146,7 +146,8 @@ def _predict(args) -> int:
     )
     print(
         f"predicted {summary['predicted']} image(s), skipped {summary['skipped']} already written, "
-        f"{summary['seconds_per_image']:.2f} s/image -> {args.out}"
+        + (f"left {summary['busy']} to the other process(es) predicting them, " if summary.get("busy") else "")
+        + f"{summary['seconds_per_image']:.2f} s/image -> {args.out}"
     )
     return 0
 

@@ -214,6 +214,8 @@ class TrainConfig:
     # enough to repay the compile time, see segdiff.train.schedule.should_compile), "default",
     # "reduce-overhead", "max-autotune".
     compile: str = "off"
+    # a step whose loss or gradient is NaN/Inf: stop with an error naming it (False) or skip it, counted in the log
+    skip_nonfinite: bool = False
 
     def validate(self, T: int, prefix: str = "train.") -> None:
         _at_least(self, prefix, 1, "batch_size", "max_steps", "log_every", "val_generations")
@@ -578,8 +580,8 @@ def read_json(path: Path, error: type[UserError] = UserError) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"{path}: not valid JSON ({exc})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise error(f"{path}: not valid JSON ({str(exc)[:200]}); the file is damaged or not JSON") from None
 
 
 # -- resume: which settings may change in a running run ------------------------------------------------
@@ -594,6 +596,7 @@ RESUMABLE = (
     "train.num_workers",
     "predict.compile",  # how validation runs the same network, not what a training step computes
     "predict.compile_cache",
+    "train.skip_nonfinite",  # only steps whose loss or gradient is NaN/Inf act differently
 )
 _DERIVED = ("data.mean", "data.std")  # set from the training images when the run starts
 

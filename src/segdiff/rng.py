@@ -25,7 +25,7 @@ def key(*parts: int | str) -> int:
     h = 0x243F6A8885A308D3
     for p in parts:
         if isinstance(p, str):
-            p = int.from_bytes(hashlib.blake2b(p.encode(), digest_size=8).digest(), "little")
+            p = int.from_bytes(hashlib.blake2b(p.encode("utf-8", "surrogateescape"), digest_size=8).digest(), "little")
         h = _splitmix64(h ^ (int(p) & _MASK))
     return h & ((1 << 63) - 1)
 

@@ -8,6 +8,9 @@ from pathlib import Path
 from ..errors import DataError
 from .io import IMAGE_EXTS, MASK_EXTS
 
+# files that operating systems put in folders, skipped; any other file with an unsupported extension is an error
+IGNORED_FILES = ("thumbs.db", "desktop.ini")
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -17,16 +20,22 @@ class Sample:
 
 
 def list_files(folder: Path, exts: tuple[str, ...], what: str) -> dict[str, Path]:
-    """Map stem -> file for the files of `folder` with one of `exts`; duplicate stems are an error."""
+    """Map stem -> file for the files of `folder` with one of `exts`. Duplicate stems and files with another
+    extension are errors; hidden files (.*), Thumbs.db and desktop.ini are skipped."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: {what} folder not found")
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in exts and not p.name.startswith("."):
-            if p.stem in found:
-                raise DataError(f"{p}: two {what} files share the stem '{p.stem}' ({found[p.stem].name})")
-            found[p.stem] = p
+        if not p.is_file() or p.name.startswith(".") or p.name.lower() in IGNORED_FILES:
+            continue  # folders, hidden files (and the temporary files of atomic writes), system files
+        if p.suffix.lower() not in exts:
+            raise DataError(
+                f"{p}: not a supported {what} file ({', '.join(exts)}); convert it or move it out of {folder}"
+            )
+        if p.stem in found:
+            raise DataError(f"{p}: two {what} files share the stem '{p.stem}' ({found[p.stem].name})")
+        found[p.stem] = p
     if not found:
         raise DataError(f"{folder}: no {what} files ({', '.join(exts)}) in this folder")
     return found

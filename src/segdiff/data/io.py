@@ -1,23 +1,67 @@
 """Reading and writing images and masks, with errors that name the file.
 
-Images: PNG, JPEG, TIFF; RGB, grayscale (replicated to 3 channels), RGBA (alpha dropped),
-8- or 16-bit integers (scaled by the dtype's maximum) or floats (taken as [0, 1]).
+Images: PNG, JPEG, TIFF; RGB, grayscale (replicated to 3 channels), RGBA (alpha dropped), CMYK
+(converted to RGB), 8- or 16-bit integers (scaled by the dtype's maximum; negative values of signed
+types clipped to 0) or floats (taken as [0, 1], clipped). NaN or infinite values are an error.
 Masks: binary with any two values; the larger value is foreground. A mask with one value is
-empty if that value is 0, full otherwise. More than two values is an error.
+empty if that value is 0, full otherwise. More than two values, or NaN/Inf, is an error.
+
+An image larger than `max_pixels()` (width x height; default 2**28 = 268 M, set with the environment
+variable SEGDIFF_MAX_PIXELS, 0 = no limit) is refused from its header, before it is decoded: a
+decompression bomb (a small file that decodes to gigabytes) is an error naming the file, not a crash.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
 
-from ..errors import DataError
+from ..errors import DataError, UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MASK_EXTS = (".png", ".tif", ".tiff", ".bmp", ".gif")
+DEFAULT_MAX_PIXELS = 2**28
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) segdiff reads: SEGDIFF_MAX_PIXELS, or 2**28; 0 = no limit."""
+    value = os.environ.get("SEGDIFF_MAX_PIXELS", "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        n = int(float(value))
+    except ValueError:
+        raise UserError(f"SEGDIFF_MAX_PIXELS={value!r}: expected a number of pixels such as 300000000") from None
+    return n if n > 0 else 0
+
+
+def _check_pixels(path: Path, h: int, w: int) -> None:
+    limit = max_pixels()
+    if limit and h * w > limit:
+        raise DataError(
+            f"{path}: image is {w}x{h} = {h * w:,} pixels, over the limit of {limit:,} (a decompression bomb, or a "
+            "very large image: tile it, or raise the limit with the environment variable SEGDIFF_MAX_PIXELS)"
+        )
+
+
+def _tiff_hw(shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) == 3 and shape[0] in (1, 3, 4) and shape[-1] not in (1, 3, 4):
+        shape = shape[1:]
+    return (shape[0], shape[1]) if len(shape) >= 2 else (1, shape[0] if shape else 1)
+
+
+def _open_pil(path: Path) -> Image.Image:
+    """Open (headers only: no pixels decoded yet) with PIL's own bomb check left to `_check_pixels`."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _read_raw(path: Path) -> np.ndarray:
@@ -26,16 +70,25 @@ def _read_raw(path: Path) -> np.ndarray:
         raise DataError(f"{path}: file not found")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            arr = tifffile.imread(str(path))
+            with tifffile.TiffFile(str(path)) as tif:
+                if not tif.series:
+                    raise DataError(f"{path}: TIFF holds no image")
+                _check_pixels(path, *_tiff_hw(tuple(tif.series[0].shape)))
+                arr = tif.asarray()
         else:
-            with Image.open(path) as im:
+            with _open_pil(path) as im:
+                _check_pixels(path, im.size[1], im.size[0])
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                elif im.mode == "CMYK":
+                    im = im.convert("RGB")
                 elif im.mode in ("I;16", "I;16B", "I;16L"):
                     return np.asarray(im).astype(np.uint16)
                 arr = np.asarray(im)
-    except Exception as exc:  # PIL and tifffile raise many types for a corrupt file
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    except DataError:
+        raise
+    except Exception as exc:  # PIL and tifffile raise many types for a corrupt or truncated file
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {str(exc)[:200]})") from None
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar TIFF [C, H, W] -> [H, W, C]
     if arr.ndim not in (2, 3) or min(arr.shape[:2]) < 1:
@@ -44,14 +97,27 @@ def _read_raw(path: Path) -> np.ndarray:
 
 
 def to_unit_float(arr: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
-    """Scale integer images by their dtype's maximum and clip floats to [0, 1]."""
+    """Scale integer images by their dtype's maximum (negative values clipped to 0) and clip floats to
+    [0, 1]; NaN or infinite values are an error naming `path`."""
     if arr.dtype == np.bool_:
         return arr.astype(np.float32)
     if np.issubdtype(arr.dtype, np.integer):
-        return arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        out = arr.astype(np.float32) / float(np.iinfo(arr.dtype).max)
+        return np.maximum(out, 0.0) if np.issubdtype(arr.dtype, np.signedinteger) else out
     if np.issubdtype(arr.dtype, np.floating):
-        return np.clip(np.nan_to_num(arr.astype(np.float32)), 0.0, 1.0)
+        _check_finite(arr, path, "image")
+        return np.clip(arr.astype(np.float32), 0.0, 1.0)
     raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
+
+
+def _check_finite(arr: np.ndarray, path, what: str) -> None:
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        n_nan = int(np.isnan(arr).sum())
+        raise DataError(
+            f"{path}: {what} has {n_nan} NaN and {int(bad.sum()) - n_nan} infinite value(s) (first at pixel "
+            f"{tuple(int(i) for i in np.argwhere(bad)[0][:2])}); replace them (e.g. with 0) before using it"
+        )
 
 
 def read_image(path: Path | str) -> np.ndarray:
@@ -81,6 +147,8 @@ def read_mask(path: Path | str) -> np.ndarray:
         if not (arr == arr[..., :1]).all():
             raise DataError(f"{path}: mask has channels that differ; save it as a single-channel binary image")
         arr = arr[..., 0]
+    if np.issubdtype(arr.dtype, np.floating):
+        _check_finite(arr, path, "mask")
     values = np.unique(arr)
     if len(values) > 2:
         shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")

@@ -278,7 +278,7 @@ def _write_outputs(out: Path, summary: dict, rows: list[dict], calib: Calibratio
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:  # raw file names
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)

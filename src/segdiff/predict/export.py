@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_write
+from .. import faults
+from ..atomic import atomic_write, stale_temps
 from ..data.io import to_u8, write_float_tiff, write_mask, write_png
 
 SUBDIRS = ("masks", "prob", "uncertainty")
@@ -26,23 +27,53 @@ def heatmap(values: np.ndarray, vmax: float) -> np.ndarray:
 
 
 def write_prediction(out: Path, stem: str, mask, prob, uncertainty, samples=None) -> None:
-    """Arrays [H, W] (samples [G, H, W]) for one image. The mask is written last: a mask file marks a
-    finished image, so a restarted `predict` can skip it."""
+    """Arrays [H, W] (samples [G, H, W]) for one image, each file atomically. The mask is written last:
+    a mask file marks a finished image (`is_done`), so a restarted `predict` skips it and redoes an image
+    that was interrupted, whose other files it then replaces."""
     out = Path(out)
     for sub in SUBDIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
+    # an earlier prediction of this image (--overwrite) stops counting as done before any file changes
+    (out / "masks" / f"{stem}.png").unlink(missing_ok=True)
     if samples is not None:
         gdir = out / "generations" / stem
         gdir.mkdir(parents=True, exist_ok=True)
         for k, s in enumerate(samples):
             atomic_write(gdir / f"{k:03d}.png", lambda p, s=s: write_png(p, to_u8(s)))
+            faults.point("predict.between")
     atomic_write(out / "prob" / f"{stem}.tif", lambda p: write_float_tiff(p, prob))
+    faults.point("predict.between")
     atomic_write(out / "prob" / f"{stem}.png", lambda p: write_png(p, to_u8(prob)))
+    faults.point("predict.between")
     atomic_write(out / "uncertainty" / f"{stem}.tif", lambda p: write_float_tiff(p, uncertainty))
+    faults.point("predict.between")
     # the spread of values in [0, 1] is at most 0.5
     atomic_write(out / "uncertainty" / f"{stem}.png", lambda p: write_png(p, heatmap(uncertainty, 0.5)))
+    faults.point("predict.between")
     atomic_write(out / "masks" / f"{stem}.png", lambda p: write_mask(p, mask))
+
+
+def remove_partials(out: Path, stem: str) -> None:
+    """Remove the temporary files of an image's interrupted writers (call while holding its lock)."""
+    out = Path(out)
+    for sub in SUBDIRS:
+        for ext in (".png", ".tif"):
+            for tmp in stale_temps(out / sub / f"{stem}{ext}"):
+                tmp.unlink(missing_ok=True)
+    gdir = out / "generations" / stem
+    if gdir.is_dir():
+        for tmp in gdir.glob(".*.partial-*"):
+            tmp.unlink(missing_ok=True)
 
 
 def is_done(out: Path, stem: str) -> bool:
     return (Path(out) / "masks" / f"{stem}.png").is_file()
+
+
+def stems_with_partials(out: Path) -> set[str]:
+    """Stems of images whose interrupted writers left temporary files in OUT."""
+    out = Path(out)
+    stems = {p.parent.name for p in out.glob("generations/*/.*.partial-*")}
+    for sub in SUBDIRS:
+        stems |= {p.name[1:].rsplit(".partial-", 1)[0] for p in out.glob(f"{sub}/.*.partial-*")}
+    return stems

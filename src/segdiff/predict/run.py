@@ -6,6 +6,7 @@ num_parts / part_id (or under torchrun, one part per rank), and images already w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -15,12 +16,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import faults
 from ..api import SegDiff
+from ..atomic import atomic_write_text
 from ..config import PredictConfig
 from ..data.folder import list_images
 from ..data.io import read_image
 from ..errors import UserError
-from .export import is_done, write_prediction
+from ..lock import FileLock
+from ..memory import is_out_of_memory
+from .export import is_done, remove_partials, stems_with_partials, write_prediction
 
 
 def part_of(paths: list[Path], num_parts: int, part_id: int) -> list[Path]:
@@ -72,13 +77,31 @@ def predict_folder(
     bar = tqdm(total=len(todo), disable=not progress, desc="predict", unit="img")
     if progress and opts.compile != "off":
         bar.write(f"compiling the network ({opts.compile}) in the first batch: {reason}")
+    # one writer per image: a lock per output stem (OUT/.locks/<stem>.lock, gone with its process), so
+    # that parts, torchrun ranks and job arrays may share one folder; an image another process holds is left to it
+    locks: dict[str, FileLock] = {}
+    predicted, busy, done_meanwhile = 0, 0, 0
 
     def flush(items):
+        nonlocal predicted
         batch = torch.stack([im for _, im in items])
         # the noise of an image is keyed by its stem: the same image gets the same result in any batch or part
-        pred = model.predict(
-            batch, keys=[p.stem for p, _ in items], return_samples=save_generations, opts=opts, full_batch=batch_images
-        )
+        try:
+            pred = model.predict(
+                batch,
+                keys=[p.stem for p, _ in items],
+                return_samples=save_generations,
+                opts=opts,
+                full_batch=batch_images,
+            )
+        except (RuntimeError, MemoryError) as exc:
+            if not (isinstance(exc, MemoryError) or is_out_of_memory(exc)):
+                raise
+            raise UserError(
+                f"{items[0][0]}: out of memory predicting {len(items)} image(s) of {batch.shape[-1]}x"
+                f"{batch.shape[-2]} on {model.device}; use --mode tile, a smaller --batch-generations or "
+                "--batch-images 1"
+            ) from None
         for j, (p, _) in enumerate(items):
             write_prediction(
                 out,
@@ -88,25 +111,52 @@ def predict_folder(
                 pred.uncertainty[j].numpy(),
                 pred.samples[j].numpy() if save_generations else None,
             )
+            locks.pop(p.stem).release(unlink=True)
+            predicted += 1
+            faults.point("predict.image")
         bar.update(len(items))
 
-    for p in todo:
-        image = torch.from_numpy(read_image(p)).permute(2, 0, 1)
-        key = tuple(image.shape[1:])
-        groups.setdefault(key, []).append((p, image))
-        if len(groups[key]) >= batch_images:
-            flush(groups.pop(key))
-    for items in groups.values():
-        flush(items)
+    try:
+        partial = stems_with_partials(out)
+        for p in mine:  # finished images with a killed writer's temporary files (a killed --overwrite)
+            if p.stem in partial and p not in todo:
+                lock = FileLock(out / ".locks" / f"{p.stem}.lock")
+                if lock.acquire():
+                    remove_partials(out, p.stem)
+                    lock.release(unlink=True)
+        for p in todo:
+            lock = FileLock(out / ".locks" / f"{p.stem}.lock")
+            if not lock.acquire():
+                busy += 1
+                continue
+            if not overwrite and is_done(out, p.stem):  # finished by another process since the listing
+                lock.release(unlink=True)
+                done_meanwhile += 1
+                continue
+            locks[p.stem] = lock
+            remove_partials(out, p.stem)
+            image = torch.from_numpy(read_image(p)).permute(2, 0, 1)
+            key = tuple(image.shape[1:])
+            groups.setdefault(key, []).append((p, image))
+            if len(groups[key]) >= batch_images:
+                flush(groups.pop(key))
+        for items in groups.values():
+            flush(items)
+    finally:
+        for lock in locks.values():  # an error: the images not written are free for the next run
+            lock.release(unlink=True)
+        with contextlib.suppress(OSError):
+            (out / ".locks").rmdir()  # when empty
     bar.close()
     seconds = time.time() - t0
     summary = {
         "images": len(mine),
-        "predicted": len(todo),
-        "skipped": len(mine) - len(todo),
+        "predicted": predicted,
+        "skipped": len(mine) - len(todo) + done_meanwhile,
+        "busy": busy,
         "part": [part_id, num_parts],
         "seconds": seconds,
-        "seconds_per_image": seconds / max(len(todo), 1),
+        "seconds_per_image": seconds / max(predicted, 1),
         "device": str(model.device),
         "weights": str(getattr(model, "weights_file", "")),
         # the protocol as run, with the sampling steps resolved (None = T)
@@ -116,5 +166,5 @@ def predict_folder(
         "size": model.config.data.size,
     }
     name = "predict.json" if num_parts == 1 else f"predict.part{part_id}of{num_parts}.json"
-    (out / name).write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / name, json.dumps(summary, indent=2) + "\n")
     return summary

@@ -30,7 +30,7 @@ class RunLog:
 
     def text(self, msg: str) -> None:
         if self.enabled:
-            with open(self.txt, "a") as f:
+            with open(self.txt, "a", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
 
     def rows(self) -> list[dict]:
@@ -46,7 +46,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [r for r in rows if r.get("kind") == "train"]
+    train = [r for r in rows if r.get("kind") == "train" and r.get("loss") is not None]
     val = [r for r in rows if r.get("kind") == "val"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     if train:

@@ -22,15 +22,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .. import rng
+from .. import faults, rng
 from ..api import SegDiff
 from ..atomic import atomic_write_text
 from ..config import RunConfig, resume_config
 from ..data.dataset import StepDataset, TrainBatches, channel_stats, load_pair, make_splits, write_split
 from ..diffusion import training_loss
 from ..errors import CheckpointError, UserError
+from ..lock import lock_run
+from ..memory import check_training, is_out_of_memory
 from ..metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
-from .checkpoint import load_into, read_train_state, read_weights, state_dict_cpu, write_files
+from .checkpoint import (
+    find_checkpoint,
+    load_into,
+    read_weights,
+    state_dict_cpu,
+    tidy_checkpoint,
+    write_checkpoint,
+    write_files,
+)
 from .distributed import (
     DistInfo,
     all_reduce_sum,
@@ -59,18 +69,41 @@ class LossModule(nn.Module):
         return training_loss(self.net, x0, cond, t, eps, model.schedule, model.config.model.prediction)
 
 
-def train_step(loss_fn, net: nn.Module, opt, ema: EMA, batch, step: int, grad_clip: float, amp) -> torch.Tensor:
+def _grad_norm(net: nn.Module, grad_clip: float) -> torch.Tensor:
+    """The gradients' total norm (non-finite iff a gradient is), clipping them to grad_clip when set."""
+    if grad_clip:
+        return torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    grads = [p.grad for p in net.parameters() if p.grad is not None]
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(grads)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def train_step(
+    loss_fn, net: nn.Module, opt, ema: EMA, batch, step: int, grad_clip: float, amp, skip_nonfinite: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of Algorithm 2: loss (under CUDA autocast to `amp` when given), backward, gradient
-    clipping, optimizer step, EMA update. Also what `segdiff benchmark` times as our training step."""
+    clipping, optimizer step, EMA update. Also what `segdiff benchmark` times as our training step.
+
+    Returns the loss and a flag (a 0-d bool tensor, on the loss's device, not synchronised) that is
+    False when the loss or the gradients' norm is not finite. With skip_nonfinite such a step leaves the
+    weights, optimizer and EMA as they were (this reads the flag on the host: one sync per step; under
+    torchrun the ranks agree through an all-reduce)."""
     with torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext():
         loss = loss_fn(*batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    finite = torch.isfinite(loss.detach()) & torch.isfinite(_grad_norm(net, grad_clip))
+    if skip_nonfinite:
+        ok = finite.to(torch.int32)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        if not bool(ok):
+            opt.zero_grad(set_to_none=True)
+            return loss, ok.bool()
     opt.step()
     ema.update(net, step)
-    return loss
+    return loss, finite
 
 
 _now = time.time  # the loop's clock (a test replaces it to make the budget's throughput probe deterministic)
@@ -136,8 +169,41 @@ def train(
     resume: continue the run in `out` with its saved config. A `config` given then may differ from the
     saved one only in length, cadence and time budget (config.RESUMABLE); other changes are refused.
     The changes are applied, written to config.json and recorded in log.txt.
+
+    Rank 0 holds an OS lock on RUN/.lock for the run's life: a second `train` on the same folder is
+    refused with this process's id (the lock goes with the process, so a killed run leaves none).
     """
     data, out = Path(data), Path(out)
+    info = init_distributed("cpu" if device == "cpu" else None)
+    device = resolve_device(device, info)  # cuda:LOCAL_RANK under torchrun
+    lock, refused = None, None
+    if info.main:
+        try:
+            lock = lock_run(out)
+        except UserError as exc:
+            refused = exc
+    try:
+        if any_rank(refused is not None, torch.device(device or "cpu"), info):  # every rank stops
+            raise refused or UserError(f"{out}: another process is training this run folder (see rank 0)")
+        return _train(data, out, config, resume, device, progress, info)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _save_checkpoint(files: dict, after: int, kept: int | None) -> None:
+    try:
+        write_checkpoint(files)
+    except UserError as exc:  # a failed write (disk full): the previous checkpoint is untouched
+        prev = f"the last complete checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was saved"
+        raise UserError(f"{exc}; training stopped at step {after} and {prev}: fix this, then --resume") from exc
+
+
+class NonFiniteError(UserError):
+    """The loss or a gradient became NaN or infinite."""
+
+
+def _train(data: Path, out: Path, config: RunConfig, resume: bool, device, progress: bool, info: DistInfo) -> dict:
     changes: dict[str, tuple] = {}
     kept = None  # a budget run's fixed max_steps, kept over the one requested on resume
     if resume:
@@ -158,8 +224,6 @@ def train(
         raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     config.validate()
     config = replace(config, train=replace(config.train))  # the budget fixes max_steps in this run's own copy
-    info = init_distributed("cpu" if device == "cpu" else None)
-    device = resolve_device(device, info)  # cuda:LOCAL_RANK under torchrun
     barrier(info)  # every rank has checked --out before rank 0 writes to it
     tc = config.train
     if tc.batch_size % info.world:
@@ -177,31 +241,41 @@ def train(
     ema = EMA(model.net, tc.ema_rate)
     fused = True if model.device.type == "cuda" else None  # one kernel per step on GPU; CPU: the default
     opt = torch.optim.AdamW(model.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
-    step, elapsed, best = 0, 0.0, {"iou": -1.0}
+    step, elapsed, best, skipped = 0, 0.0, {"iou": -1.0}, 0
+    pending: list[torch.Tensor] = []  # losses since the last log line, kept across a resume
+    ckpt_paths = None
     if resume:
-        state = read_train_state(out / "train_state.pt")
-        raw, raw_meta = read_weights(out / "model.safetensors")
-        ema_w, ema_meta = read_weights(out / "ema.safetensors")
-        if not (str(state["step"]) == raw_meta.get("step") == ema_meta.get("step")):
-            raise CheckpointError(
-                f"{out}: model.safetensors (step {raw_meta.get('step')}), ema.safetensors (step "
-                f"{ema_meta.get('step')}) and train_state.pt (step {state['step']}) disagree; the last save "
-                "was interrupted"
-            )
-        load_into(model.net, raw, out / "model.safetensors")
-        load_into(ema.model, ema_w, out / "ema.safetensors")
-        opt.load_state_dict(state["optimizer"])
-        step, elapsed, best = int(state["step"]), float(state["elapsed"]), dict(state["best"])
+        # the newest complete checkpoint: a save that was interrupted leaves the previous one complete
+        step, ckpt_paths, state = find_checkpoint(out)
+    if resume and ckpt_paths:
+        raw, _ = read_weights(ckpt_paths["model.safetensors"])
+        ema_w, _ = read_weights(ckpt_paths["ema.safetensors"])
+        load_into(model.net, raw, ckpt_paths["model.safetensors"])
+        load_into(ema.model, ema_w, ckpt_paths["ema.safetensors"])
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{ckpt_paths['train_state.pt']}: optimizer state does not fit ({exc})") from None
+        elapsed, best = float(state["elapsed"]), dict(state["best"])
+        skipped = int(state.get("skipped", 0))
+        pending = list(state.get("pending_losses", torch.zeros(0)).to(model.device).unbind())
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    elif info.main:
+    elif not resume and info.main:
         out.mkdir(parents=True, exist_ok=True)
+        for tmp in out.glob(".*.partial-*"):  # left by a killed start; this process holds the run's lock
+            tmp.unlink(missing_ok=True)
         config.save(out / "config.json")
         write_split(out / "split.json", splits)
     barrier(info)
+    if ckpt_paths is not None and info.main:  # every rank has read the checkpoint
+        tidy_checkpoint(out, ckpt_paths)
+    saved_step = step if ckpt_paths else None
 
     log = RunLog(out, info.main, step if resume else None)
+    if resume and not ckpt_paths:
+        log.text("no complete checkpoint yet (the first save was interrupted): starting again from step 0")
     log.text(
         f"{'resumed at step ' + str(step) if resume else 'started'}: data {data}, preset {config.preset}, "
         f"device {model.device}, {info.world} process(es), val: {splits.val_source} ({len(splits.val)})"
@@ -213,6 +287,7 @@ def train(
             config.save(out / "config.json")
         log.text("settings changed on resume: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
 
+    check_training(config, tc.batch_size // info.world, model.device)  # before any work: segdiff/memory.py
     loss_mod = LossModule(model)
     ddp = loss_mod
     if info.enabled:
@@ -237,14 +312,34 @@ def train(
     if compile_mode != "off":
         step_module = torch.compile(ddp, mode=None if compile_mode == "default" else compile_mode)
         log.text(f"training step compiled with torch.compile (mode {compile_mode}; config compile={tc.compile})")
+    # a non-finite loss or gradient is detected at every step: read at once where that is free (CPU) or
+    # needed (skip_nonfinite), else kept on the device and read before anything is logged, validated or saved
+    read_now = tc.skip_nonfinite or model.device.type != "cuda"
+    first_bad = torch.full((), -1, dtype=torch.long, device=model.device)
+
+    def stop_if_nonfinite(bad: bool | None = None) -> None:
+        if bad is None:
+            bad = int(first_bad) >= 0
+        if any_rank(bad, model.device, info):
+            at = int(first_bad) if int(first_bad) >= 0 else step
+            kept = f"the last checkpoint (step {saved_step}) is kept" if saved_step is not None else "nothing was saved"
+            msg = (
+                f"step {at + 1}: the loss or a gradient is not finite (NaN or Inf); training stopped and {kept} "
+                f"in {out}; resume with a lower --lr, check the data, or skip such steps with "
+                "--set train.skip_nonfinite=true"
+            )
+            log.text(msg)
+            raise NonFiniteError(msg)
 
     def save() -> None:
+        nonlocal saved_step
+        stop_if_nonfinite()  # never save weights a non-finite step has touched
         if info.main:
             meta = {"step": step, "preset": config.preset}
             rng_state = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng_state["cuda"] = torch.cuda.get_rng_state_all()
-            write_files(
+            _save_checkpoint(
                 {
                     out / "model.safetensors": (state_dict_cpu(model.net), meta),
                     out / "ema.safetensors": (state_dict_cpu(ema.model), meta),
@@ -256,12 +351,17 @@ def train(
                             "optimizer": opt.state_dict(),
                             "rng": rng_state,
                             "world": info.world,
+                            "skipped": skipped,
+                            "pending_losses": torch.stack(losses).cpu() if losses else torch.zeros(0),
                         },
                         {},
                     ),
-                }
+                },
+                after=step,
+                kept=saved_step,
             )
             plot_curves(log.rows(), out / "curves.png")
+        saved_step = step
         barrier(info)
 
     # validation's protocol, compile="auto" decided once for every validation ahead (raw and EMA each time);
@@ -280,6 +380,7 @@ def train(
         nonlocal best
         if not val_pairs:
             return
+        stop_if_nonfinite()
         t_val = _now()
         nets = (("raw", model.net), ("ema", ema.model)) if tc.ema_rate else (("raw", model.net),)
         scores = {name: validate(model, net, val_pairs, config, info, val_opts, val_net) for name, net in nets}
@@ -337,7 +438,7 @@ def train(
         bar.total = n
         bar.refresh()
 
-    t0, losses, last_log = _now() - elapsed, [], _now()
+    t0, losses, last_log, n_steps = _now() - elapsed, pending, _now(), 0
     waited = 0.0  # seconds spent waiting for the data loader since the last log line
     bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and info.main), desc="train", unit="step")
     stopped_by = "max_steps"
@@ -372,30 +473,57 @@ def train(
                 group["lr"] = learning_rate(tc, step)
             if step == first_step and compile_mode != "off":
                 tc_start = _now()
-            loss = train_step(step_module, model.net, opt, ema, (image, x0, t, eps), step, tc.grad_clip, amp)
+            try:
+                loss, finite = train_step(
+                    step_module, model.net, opt, ema, (image, x0, t, eps), step, tc.grad_clip, amp, tc.skip_nonfinite
+                )
+            except RuntimeError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                raise UserError(
+                    f"step {step + 1}: out of memory for a batch of {per_rank} x {tuple(image.shape[-2:])} on "
+                    f"{model.device}; use a smaller --batch-size (or more processes with torchrun); the last "
+                    f"checkpoint (step {saved_step}) is kept"
+                ) from None
             if step == first_step and compile_mode != "off":
                 sync()
                 log.text(f"first step (torch.compile {compile_mode} included): {_now() - tc_start:.1f} s")
+            faults.point("train.step")
+            if tc.skip_nonfinite:
+                if not bool(finite):
+                    skipped += 1
+                    log.text(f"step {step + 1}: non-finite loss or gradient; step skipped ({skipped} so far)")
+            elif read_now:
+                if not bool(finite):
+                    first_bad.fill_(step)
+                stop_if_nonfinite(not bool(finite))
+            else:
+                first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
             step += 1
-            losses.append(loss.detach())
+            if not tc.skip_nonfinite or bool(finite):  # (no host sync unless skipping)
+                losses.append(loss.detach())
+            n_steps += 1
             bar.update(1)
             if step % tc.log_every == 0 or step == tc.max_steps:
-                mean_loss = all_reduce_sum([float(torch.stack(losses).mean())], model.device, info)[0] / info.world
-                if not math.isfinite(mean_loss):
-                    raise UserError(f"loss became {mean_loss} at step {step}; lower --lr or check the data")
+                stop_if_nonfinite()
+                local = float(torch.stack(losses).mean()) if losses else float("nan")
+                mean_loss = all_reduce_sum([local], model.device, info)[0] / info.world
+                if not math.isfinite(mean_loss) and not tc.skip_nonfinite:
+                    raise NonFiniteError(f"loss became {mean_loss} at step {step}; lower --lr or check the data")
                 now = _now()
                 log.record(
                     kind="train",
                     step=step,
-                    loss=mean_loss,
+                    loss=mean_loss if math.isfinite(mean_loss) else None,
                     lr=learning_rate(tc, step - 1),
-                    steps_per_s=len(losses) / max(now - last_log, 1e-9),
+                    steps_per_s=n_steps / max(now - last_log, 1e-9),
                     elapsed_s=now - t0,
                     # host time blocked on the data loader / wall time of the interval (1 = starved)
                     data_wait_frac=waited / max(now - last_log, 1e-9),
+                    **({"skipped": skipped} if tc.skip_nonfinite else {}),
                 )
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
-                losses, last_log, waited = [], now, 0.0
+                losses, last_log, waited, n_steps = [], now, 0.0, 0
             elapsed = _now() - t0
             if tc.val_every and step % tc.val_every == 0:
                 model.net.eval()
@@ -417,9 +545,12 @@ def train(
     save()
     if stopped_by == "max_steps" and tc.budget_fixed_at is not None:
         stopped_by = "budget"
-    log.text(f"finished at step {step} ({stopped_by}), {elapsed:.1f} s; best val {best}")
+    log.text(
+        f"finished at step {step} ({stopped_by}), {elapsed:.1f} s; best val {best}"
+        + (f"; {skipped} non-finite step(s) skipped" if skipped else "")
+    )
     shutdown(info)  # destroys the process group if init_distributed created it
-    return {
+    summary = {
         "step": step,
         "elapsed_s": elapsed,
         "best": best,
@@ -428,3 +559,4 @@ def train(
         "max_steps": tc.max_steps,
         "compile": compile_mode,
     }
+    return summary | ({"skipped_nonfinite": skipped} if skipped else {})

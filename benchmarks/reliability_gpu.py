@@ -1,0 +1,90 @@
+"""GPU checks for docs/reliability.md that the CPU-only test machine cannot make (not measured yet).
+
+    PYTHONPATH=src python3 benchmarks/reliability_gpu.py [--device cuda] [--out reliability-gpu.json]
+
+1. Memory estimate: peak CUDA memory of one prediction network batch (tiny preset, pad mode) at several
+   sizes against segdiff.memory.predict_bytes (which assumes attention takes SDPA's math path: if CUDA
+   picks a fused kernel for the model's non-contiguous q/k/v, the measured peak is far below the estimate
+   and the estimate's attention term should be made device-aware).
+2. Cost of the per-step non-finite check: ms per training step (monuseg preset, batch 8 at 256 px) with
+   the default check (a device flag, no host sync) and with skip_nonfinite (one host sync per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+
+def memory_rows(device: torch.device) -> list[dict]:
+    from segdiff.api import SegDiff
+    from segdiff.memory import predict_bytes
+
+    model = SegDiff("tiny", device)
+    rows = []
+    for size, gens in ((128, 10), (256, 4), (384, 2)):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        opts = model.sampling_options(generations=gens, steps=1, batch_generations=gens)
+        model.predict_x0(torch.rand(3, size, size), opts=opts)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+        est = predict_bytes(model.config, 1, gens, size, size, device)
+        rows.append({"size": size, "generations": gens, "measured_bytes": peak, "estimate": est})
+    return rows
+
+
+def step_rows(device: torch.device, steps: int = 30) -> list[dict]:
+    from segdiff.api import SegDiff
+    from segdiff.config import preset
+    from segdiff.train.ema import EMA
+    from segdiff.train.loop import LossModule, train_step
+
+    cfg = preset("monuseg")
+    model = SegDiff(cfg, device)
+    net = model.net.train()
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
+    ema = EMA(net, 0.9999)
+    loss_mod = LossModule(model)
+    n, s = 8, 256
+    batch = (
+        torch.rand(n, 3, s, s, device=device),
+        torch.randint(0, 2, (n, 1, s, s), device=device).float() * 2 - 1,
+        torch.randint(0, 100, (n,), device=device),
+        torch.randn(n, 1, s, s, device=device),
+    )
+    rows = []
+    for skip in (False, True):
+        first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        for i in range(steps + 3):
+            if i == 3:
+                torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+            _, finite = train_step(loss_mod, net, opt, ema, batch, i, 1.0, torch.bfloat16, skip)
+            if not skip:
+                first_bad = torch.where((first_bad < 0) & ~finite, i, first_bad)
+        torch.cuda.synchronize(device)
+        rows.append({"skip_nonfinite": skip, "ms_per_step": 1000 * (time.perf_counter() - t0) / steps})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default="reliability-gpu.json")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type != "cuda":
+        raise SystemExit("this script measures CUDA memory and timing; run it on a GPU")
+    report = {"device": torch.cuda.get_device_name(device), "memory": memory_rows(device), "steps": step_rows(device)}
+    print(json.dumps(report, indent=2))
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
