@@ -22,7 +22,7 @@ from .errors import CheckpointError, UserError
 from .memory import check_prediction
 from .model import SegDiffUNet
 from .predict import compiling
-from .predict.ensemble import network_calls, pad_to_stride, sample_x0, summarise
+from .predict.ensemble import network_calls, pad_to_stride, sample_x0, summarise, summarise_classes
 from .predict.tiling import Stitcher, blend_weight, windows
 from .train.checkpoint import load_into, prev_path, read_weights, state_dict_cpu, write_files
 
@@ -31,12 +31,25 @@ WEIGHT_FILES = {"best": "best.safetensors", "ema": "ema.safetensors", "raw": "mo
 
 @dataclass
 class Prediction:
-    """mask (bool), prob and uncertainty: [B, H, W]; samples: [B, G, H, W] per-generation maps in [0, 1]."""
+    """Binary: mask (bool), prob and uncertainty (std over generations): [B, H, W]; samples: [B, G, H, W]
+    per-generation maps in [0, 1].
+
+    K classes (a multi-class model): mask = the label, class indices int64 [B, H, W]; prob [B, K, H, W];
+    uncertainty = entropy of the mean class distribution [B, H, W] (nats); disagreement [B, H, W] (fraction
+    of generations whose argmax differs from the label); samples [B, G, K, H, W] (each generation's
+    distribution). `classes` holds the class names in label order (None for binary).
+    """
 
     mask: torch.Tensor
     prob: torch.Tensor
     uncertainty: torch.Tensor
     samples: torch.Tensor | None = None
+    disagreement: torch.Tensor | None = None
+    classes: tuple[str, ...] | None = None
+
+    @property
+    def label(self) -> torch.Tensor:
+        return self.mask
 
 
 def default_device() -> torch.device:
@@ -61,23 +74,39 @@ class SegDiff:
         return (image - mean) / std
 
     def _as_batch(self, image) -> torch.Tensor:
-        """[H, W, 3] array, [3, H, W] or [B, 3, H, W] -> float [B, 3, H, W] in [0, 1] on the device.
+        """[H, W, C] array, [C, H, W] or [B, C, H, W] -> float [B, C, H, W] in [0, 1] on the device, C the
+        model's image_channels (a grey image is replicated for an RGB model; an [H, W] array is grey).
 
         Integer pixels (uint8, uint16) are scaled by their type's maximum, as when reading files.
         """
+        c = self.config.model.image_channels
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(to_unit_float(np.ascontiguousarray(image)))
-            if image.dim() == 3 and image.shape[-1] in (1, 3):
-                image = image.permute(2, 0, 1)
+            if image.dim() == 2:
+                image = image[None]
+            elif image.dim() == 3 and image.shape[-1] in (1, c) and (c == 3 or image.shape[0] not in (1, c)):
+                image = image.permute(2, 0, 1)  # [H, W, C]
         elif not torch.is_floating_point(image):
             image = torch.from_numpy(to_unit_float(image.cpu().numpy()))
         if image.dim() == 3:
             image = image[None]
-        if image.dim() != 4 or image.shape[1] != self.config.model.image_channels:
-            raise UserError(f"expected an image [H, W, 3] or [B, 3, H, W], got shape {tuple(image.shape)}")
+        if image.dim() == 4 and image.shape[1] == 1 and c == 3:
+            image = image.expand(-1, 3, -1, -1)
+        if image.dim() != 4 or image.shape[1] != c:
+            raise UserError(
+                f"expected an image [H, W, {c}] or [B, {c}, H, W] (the model was trained on {c}-channel images), "
+                f"got shape {tuple(image.shape)}"
+            )
         if not torch.isfinite(image).all():
             raise UserError("the image has NaN or infinite values; replace them before predicting")
         return image.to(self.device, torch.float32)
+
+    @property
+    def classes(self):
+        """The ClassSet of a multi-class model (names, values, colours, ignore label), None for binary."""
+        from .data.classes import ClassSet
+
+        return ClassSet.from_config(self.config.data)
 
     # -- training -------------------------------------------------------------------------------
     def loss(
@@ -88,12 +117,21 @@ class SegDiff:
         eps: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Eq. 18 for a batch: image [B, 3, H, W] in [0, 1], mask [B, 1, H, W] (or [B, H, W]) binary."""
+        """Eq. 18 for a batch: image [B, C, H, W] in [0, 1], mask [B, 1, H, W] (or [B, H, W]) binary; for a
+        K-class model the mask holds class indices 0..K-1 (any other value, e.g. 255, is ignored)."""
         image = self._as_batch(image)
-        mask = torch.as_tensor(mask, device=self.device).float()
+        mask = torch.as_tensor(mask, device=self.device)
         if mask.dim() == 3:
             mask = mask[:, None]
-        x0 = (mask > 0.5).float() * 2 - 1
+        valid = None
+        K = self.config.model.mask_channels
+        if K > 1:
+            label = mask[:, 0].long()
+            valid = ((label >= 0) & (label < K)).float()[:, None]
+            x0 = torch.nn.functional.one_hot(label.clamp(0, K - 1), K).permute(0, 3, 1, 2).float()
+            x0 = (x0 * 2 - 1) * valid
+        else:
+            x0 = (mask.float() > 0.5).float() * 2 - 1
         n = x0.shape[0]
         if t is None:
             t = torch.randint(len(self.schedule), (n,), generator=generator).to(self.device)
@@ -101,7 +139,14 @@ class SegDiff:
             eps = torch.randn(x0.shape, generator=generator).to(self.device)
         cond = self.net.encode_image(self.normalize(image))
         return training_loss(
-            self.net, x0, cond, t.to(self.device), eps.to(self.device), self.schedule, self.config.model.prediction
+            self.net,
+            x0,
+            cond,
+            t.to(self.device),
+            eps.to(self.device),
+            self.schedule,
+            self.config.model.prediction,
+            valid,
         )
 
     # -- prediction -----------------------------------------------------------------------------
@@ -159,7 +204,8 @@ class SegDiff:
         on_step: Callable[[], None] | None = None,
         full_batch: int | None = None,
     ) -> torch.Tensor:
-        """Every generation's x0 at the input's resolution: [B, G, H, W], by opts.mode (resize, tile, pad).
+        """Every generation's x0 at the input's resolution: [B, G, H, W] ([B, G, K, H, W] for K classes), by
+        opts.mode (resize, tile, pad).
 
         on_step, if given, is called after every network call (`network_calls` says how many there are).
         full_batch: the images per call of the run this call belongs to (predict_folder's batch): while
@@ -180,6 +226,8 @@ class SegDiff:
         if opts.mode == "resize":
             small = resize_image(x, (size, size))
             x0 = sample_x0(self.net, self.schedule, small, keys, opts, on_step, pad_rows=rows)
+            if x0.dim() == 5:  # [B, G, K, h, w]: resize the G x K maps as channels
+                return resize_image(x0.flatten(1, 2), (H, W)).unflatten(1, x0.shape[1:3])
             return resize_image(x0, (H, W))
         if opts.mode == "tile" and (H > size or W > size):
             return torch.stack([self._tiled(x[b : b + 1], keys[b], opts, on_step) for b in range(B)])
@@ -189,7 +237,7 @@ class SegDiff:
         return sample_x0(self.net, self.schedule, padded, keys, opts, on_step, pad_rows=rows)[..., :H, :W]
 
     def _tiled(self, x: torch.Tensor, key, opts: PredictConfig, on_step=None) -> torch.Tensor:
-        """[1, 3, H, W] -> [G, H, W]: windows of the training size, G(I) per window, blended.
+        """[1, C, H, W] -> [G, H, W] ([G, K, H, W]): windows of the training size, G(I) per window, blended.
 
         Windows go through the network in groups of about batch_generations / G, and are stitched as
         they come, so memory does not grow with the image beyond the stitched [G, H, W] maps.
@@ -234,6 +282,16 @@ class SegDiff:
         (`resolve_compile`); full_batch: see `predict_x0`.
         """
         opts = self.sampling_options(opts, generations=generations, steps=steps, sampler=sampler, seed=seed, **options)
+        if self.config.model.mask_channels > 1:
+            s = summarise_classes(self.predict_x0(image, keys, opts, on_step, full_batch))
+            return Prediction(
+                s["label"].cpu(),
+                s["prob"].cpu(),
+                s["entropy"].cpu(),
+                s["samples"].cpu() if return_samples else None,
+                s["disagreement"].cpu(),
+                tuple(self.classes.names),
+            )
         s = summarise(self.predict_x0(image, keys, opts, on_step, full_batch))
         return Prediction(
             s["mask"].cpu(), s["prob"].cpu(), s["uncertainty"].cpu(), s["samples"].cpu() if return_samples else None

@@ -78,7 +78,9 @@ def sampling_steps(steps: int | None, T: int) -> int:
 class ModelConfig:
     """eps_theta(x_t, I, t) = D(E(F(x_t) + G(I), t), t) (paper eq. 17)."""
 
-    image_channels: int = 3
+    image_channels: int = 3  # set from the training images (grey 1, RGB/RGBA 3, multi-channel TIFF C)
+    # 1: the paper's binary mask; K > 1: K one-hot class channels in [-1, 1] (set from the data's classes)
+    mask_channels: int = 1
     model_channels: int = 128  # C
     channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4, 4)
     num_res_blocks: int = 3  # per encoder level; the decoder has one more (improved-diffusion)
@@ -165,8 +167,15 @@ class AugmentConfig:
 class DataConfig:
     size: int = 128  # the network's input size: training size (unless cropped) and predict's window
     val_fraction: float = 0.1  # held out of train when ROOT/val is absent
-    mean: tuple[float, float, float] | None = None  # per-channel image normalisation, set from train data
-    std: tuple[float, float, float] | None = None
+    mean: tuple[float, ...] | None = None  # per-channel image normalisation, set from train data
+    std: tuple[float, ...] | None = None
+    # Multi-class data (docs/data.md): None = binary masks (the paper's model). Otherwise the classes in
+    # label order, each {"name", "value" (mask value or None), "color" [r, g, b]}, from ROOT/classes.json or
+    # a scan of the masks; pixels whose mask value (ignore_value) or colour (ignore_color) is the ignore
+    # label count in no loss and no metric.
+    classes: tuple[dict, ...] | None = None
+    ignore_value: int | None = None
+    ignore_color: tuple[int, int, int] | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, prefix: str = "data.") -> None:
@@ -174,6 +183,14 @@ class DataConfig:
         _check(0 <= self.val_fraction < 1, prefix + "val_fraction", self.val_fraction, "must be in [0, 1)")
         if self.std is not None:
             _check(min(self.std) > 0, prefix + "std", self.std, "must be positive")
+        if self.classes is not None:
+            from .data.classes import ClassSet  # the classes' own checks (values, colours, ignore label)
+            from .errors import DataError
+
+            try:
+                ClassSet.from_config(self)
+            except DataError as exc:
+                raise ConfigError(prefix + "classes", None, str(exc).split(": ", 1)[-1], show_value=False) from None
         self.augment.validate(prefix + "augment.")
 
 
@@ -355,6 +372,13 @@ class RunConfig:
             v = getattr(self.data, key[5:])
             n = self.model.image_channels
             _check(v is None or len(v) == n, key, v, f"expected {n} values (model.image_channels)")
+        k = 1 if not self.data.classes else len(self.data.classes)
+        _check(
+            self.model.mask_channels == k,
+            "model.mask_channels",
+            self.model.mask_channels,
+            f"must be {k}: 1 for binary masks, else the number of classes in data.classes",
+        )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -449,6 +473,10 @@ def _coerce(value: Any, tp: Any, key: str, text: bool) -> Any:
         if not isinstance(value, str):
             raise ConfigError(key, value, "expected a string")
         return value
+    if tp is dict:  # data.classes entries: set from classes.json or config files, not from text
+        if text or not isinstance(value, dict):
+            raise ConfigError(key, value, "set the classes with a classes.json in the data root (docs/data.md)")
+        return dict(value)
     if origin is tuple:
         variadic = len(args) == 2 and args[1] is Ellipsis
         elem = args[0]
@@ -599,6 +627,8 @@ RESUMABLE = (
     "train.skip_nonfinite",  # only steps whose loss or gradient is NaN/Inf act differently
 )
 _DERIVED = ("data.mean", "data.std")  # set from the training images when the run starts
+# Decided by the data when the run starts (image channels, classes): a resumed run keeps the saved ones.
+_FROM_DATA = ("model.image_channels", "model.mask_channels", "data.classes", "data.ignore_value", "data.ignore_color")
 
 
 def resume_config(saved: RunConfig, requested: RunConfig | None) -> tuple[RunConfig, dict[str, tuple]]:
@@ -613,6 +643,8 @@ def resume_config(saved: RunConfig, requested: RunConfig | None) -> tuple[RunCon
     for k in _DERIVED:
         if new[k] is None:
             new[k] = old[k]
+    for k in _FROM_DATA:
+        new[k] = old[k]
     changes = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
     refused = [k for k in changes if k not in RESUMABLE]
     if refused:

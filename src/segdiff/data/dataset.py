@@ -18,9 +18,10 @@ from .. import rng
 from ..config import DataConfig
 from ..diffusion.schedule import sample_timestep
 from ..errors import DataError
+from .classes import ClassSet, read_labels
 from .folder import Sample, pair_split
-from .io import read_image, read_mask
-from .transforms import augment, resize_image, resize_mask
+from .io import match_channels, read_image, read_image_channels, read_mask
+from .transforms import augment, resize_image, resize_labels, resize_mask
 
 
 @dataclass
@@ -59,16 +60,41 @@ def make_splits(root: Path, val_fraction: float, seed: int) -> Splits:
     )
 
 
-def load_pair(sample: Sample) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> image [3, H, W] float32 in [0, 1], mask [1, H, W] float32 0/1; sizes must agree."""
-    image = read_image(sample.image)
-    mask = read_mask(sample.mask)
+def load_pair(
+    sample: Sample, classes: ClassSet | None = None, channels: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> image [C, H, W] float32 in [0, 1], mask [1, H, W]; sizes must agree.
+
+    Binary (classes None): the mask is float32 0/1. Multi-class: uint8 class indices, IGNORE_INDEX for
+    ignored pixels. channels None: the image as RGB (grey replicated, as the binary path always read it);
+    otherwise its own channels, matched to `channels` (`io.match_channels`).
+    """
+    if channels is None:
+        image = read_image(sample.image)
+    else:
+        image = match_channels(read_image_channels(sample.image), channels, sample.image)
+    mask = read_mask(sample.mask) if classes is None else read_labels(sample.mask, classes)
     if image.shape[:2] != mask.shape:
         raise DataError(
             f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {sample.image.name} is "
             f"{image.shape[1]}x{image.shape[0]} (width x height); they must have the same size"
         )
-    return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(mask)[None].float()
+    mask_t = torch.from_numpy(mask)[None]
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous(), mask_t.float() if classes is None else mask_t
+
+
+def image_channels(samples: list[Sample]) -> int:
+    """The channel count of a set of training images: their common count, 3 when grey and RGB images
+    are mixed (grey replicated); other mixtures are a DataError naming a file."""
+    counts: dict[int, Path] = {}
+    for s in samples:
+        counts.setdefault(read_image_channels(s.image).shape[-1], s.image)
+    if len(counts) == 1:
+        return next(iter(counts))
+    if set(counts) == {1, 3}:
+        return 3
+    (c0, p0), (c1, p1) = sorted(counts.items())[:2]
+    raise DataError(f"{p1}: image has {c1} channel(s) but {p0.name} has {c0}; all images need the same channels")
 
 
 def channel_stats(images: list[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -82,33 +108,52 @@ def channel_stats(images: list[torch.Tensor]) -> tuple[tuple[float, ...], tuple[
 
 
 class TrainBatches:
-    """Training pairs held in memory (uint8 images) and the step-keyed batch of any step."""
+    """Training pairs held in memory (uint8 images when 8-bit, else float32) and the step-keyed batch of
+    any step. With `channels` (the model's image_channels), images keep their own channels; None reads
+    them as RGB, as the binary path always did. Multi-class data (cfg.classes) keeps uint8 label maps."""
 
-    def __init__(self, samples: list[Sample], cfg: DataConfig, T: int, seed: int, t_sampling: str = "uniform"):
+    def __init__(
+        self,
+        samples: list[Sample],
+        cfg: DataConfig,
+        T: int,
+        seed: int,
+        t_sampling: str = "uniform",
+        channels: int | None = None,
+    ):
         if not samples:
             raise DataError("no training images")
         self.cfg, self.T, self.seed, self.t_sampling = cfg, T, seed, t_sampling
+        self.classes = ClassSet.from_config(cfg)
+        self.mask_channels = 1 if self.classes is None else self.classes.K
         self.out_hw = (cfg.augment.crop or cfg.size,) * 2
         self.images, self.masks = [], []
+        self.scale = 255.0
         for s in samples:
-            image, mask = load_pair(s)
+            image, mask = load_pair(s, self.classes, channels)
+            if self.scale == 255.0 and not torch.equal((image * 255).round() / 255, image):
+                # not an 8-bit image (16-bit, float): keep every image as float32 from now on
+                self.images, self.scale = [im.float() / 255 for im in self.images], 1.0
             if cfg.augment.crop is None and tuple(image.shape[1:]) != (cfg.size, cfg.size):
                 # no crop in this preset: train at the preset's size, as predict resizes to it
                 image = resize_image(image[None], (cfg.size, cfg.size))[0]
-                mask = resize_mask(mask[None], (cfg.size, cfg.size))[0]
+                if self.classes is None:
+                    mask = resize_mask(mask[None], (cfg.size, cfg.size))[0]
+                else:
+                    mask = resize_labels(mask[None], (cfg.size, cfg.size), self.classes.K)[0]
             if cfg.augment.crop and min(image.shape[1:]) < cfg.augment.crop:
                 raise DataError(
                     f"{s.image}: image is {image.shape[2]}x{image.shape[1]}, smaller than the training "
                     f"crop {cfg.augment.crop}; use larger images or another preset"
                 )
-            self.images.append((image * 255).round().to(torch.uint8))
+            self.images.append((image * 255).round().to(torch.uint8) if self.scale == 255.0 else image)
             self.masks.append(mask.to(torch.uint8))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def float_images(self) -> list[torch.Tensor]:
-        return [im.float() / 255 for im in self.images]
+        return [im.float() / self.scale for im in self.images]
 
     def index(self, gidx: int) -> int:
         """Dataset index of global sample gidx: a seeded permutation per epoch (each image once per epoch)."""
@@ -120,19 +165,36 @@ class TrainBatches:
         return torch.randperm(len(self.images), generator=rng.generator(self.seed, "epoch", epoch))
 
     def sample(self, step: int, gidx: int, batch_size: int):
-        """-> image [3, h, w] in [0, 1], x0 [1, h, w] in {-1, 1}, t (int), eps [1, h, w]."""
+        """-> image [C, h, w] in [0, 1], x0 [M, h, w], t (int), eps [M, h, w] (M = mask channels).
+
+        Binary: x0 in {-1, 1}. Multi-class: x0 is the one-hot label in {-1, 1} per class channel (0 on
+        ignored pixels), followed by valid [1, h, w] (0 on ignored pixels, which count in no loss).
+        """
         g = rng.generator(self.seed, step, gidx)
         i = self.index(step * batch_size + gidx)
-        image, mask = augment(self.images[i].float() / 255, self.masks[i].float(), self.cfg.augment, self.out_hw, g)
+        image = self.images[i].float() / self.scale
+        if self.classes is None:
+            image, mask = augment(image, self.masks[i].float(), self.cfg.augment, self.out_hw, g)
+            t = sample_timestep(self.T, self.t_sampling, g)
+            eps = torch.randn((1, *self.out_hw), generator=g)
+            return image, mask * 2 - 1, t, eps
+        K = self.classes.K
+        label = self.masks[i][0].long()
+        onehot = torch.nn.functional.one_hot(label.clamp(max=K), K + 1).permute(2, 0, 1).float()  # K = ignore
+        image, onehot = augment(image, onehot, self.cfg.augment, self.out_hw, g)
         t = sample_timestep(self.T, self.t_sampling, g)
-        eps = torch.randn((1, *self.out_hw), generator=g)
-        return image, mask * 2 - 1, t, eps
+        eps = torch.randn((K, *self.out_hw), generator=g)
+        valid = 1 - onehot[K:]
+        x0 = (onehot[:K] * 2 - 1) * valid
+        return image, x0, t, eps, valid
 
     def batch(self, step: int, batch_size: int, start: int = 0, stop: int | None = None):
-        """Global-batch indices start..stop-1 of `step` -> image [n,3,h,w], x0 [n,1,h,w], t [n], eps [n,1,h,w]."""
+        """Global-batch indices start..stop-1 of `step` -> image [n,C,h,w], x0 [n,M,h,w], t [n], eps [n,M,h,w]
+        (and valid [n,1,h,w] for multi-class data)."""
         items = [self.sample(step, j, batch_size) for j in range(start, batch_size if stop is None else stop)]
-        image, x0, t, eps = zip(*items)
-        return torch.stack(image), torch.stack(x0), torch.tensor(t), torch.stack(eps)
+        cols = list(zip(*items))
+        out = [torch.stack(cols[0]), torch.stack(cols[1]), torch.tensor(cols[2]), torch.stack(cols[3])]
+        return tuple(out + [torch.stack(c) for c in cols[4:]])
 
 
 class StepDataset(torch.utils.data.Dataset):

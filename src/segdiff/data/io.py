@@ -178,3 +178,75 @@ def write_float_tiff(path: Path | str, arr: np.ndarray) -> None:
 
 def to_u8(arr01: np.ndarray) -> np.ndarray:
     return (np.clip(arr01, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+# -- any number of image channels (multi-channel TIFF, grey kept as one channel) -----------------------
+
+MAX_IMAGE_CHANNELS = 64
+
+
+def channels_last(arr: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
+    """A 3-D array [C, H, W] or [H, W, C] -> [H, W, C], decided by shape: the channel axis is the one
+    (first or last) of at most MAX_IMAGE_CHANNELS that is shorter than both others; when both or neither
+    qualify, the layout is ambiguous and an error."""
+    if arr.ndim == 2:
+        return arr[..., None]
+    if arr.ndim != 3:
+        raise DataError(f"{path}: expected a 2-D image with optional channels, got shape {arr.shape}")
+    a, b, c = arr.shape
+    last = c <= MAX_IMAGE_CHANNELS and c < min(a, b)
+    first = a <= MAX_IMAGE_CHANNELS and a < min(b, c)
+    if last == first:
+        raise DataError(
+            f"{path}: cannot tell the channel axis of shape {arr.shape} (channels first or last); save it as "
+            "[channels, height, width] or [height, width, channels] with fewer channels than pixels per side"
+        )
+    return np.moveaxis(arr, 0, -1) if first else arr
+
+
+def _read_tiff_channels(path: Path) -> np.ndarray:
+    try:
+        with tifffile.TiffFile(str(path)) as tf:
+            page = tf.pages[0]
+            arr = tf.asarray()
+            alpha = page.photometric == tifffile.PHOTOMETRIC.RGB and len(page.extrasamples) > 0
+    except Exception as exc:  # tifffile raises many types for a corrupt file
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+    if arr.ndim == 4 and 1 in (arr.shape[0], arr.shape[-1]):  # a single plane stored with an extra axis
+        arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
+    arr = channels_last(np.squeeze(arr) if arr.ndim > 3 else arr, path)
+    if alpha and arr.shape[-1] > 3:
+        arr = arr[..., :3]  # RGB + alpha (extra samples): alpha dropped
+    return arr
+
+
+def read_image_channels(path: Path | str) -> np.ndarray:
+    """Read an image as float32 [H, W, C] in [0, 1] with its own channels: grey 1, RGB 3 (RGBA and grey +
+    alpha: alpha dropped), a multi-channel TIFF all of its channels (channels first or last, by shape).
+    Integers are scaled by their dtype's maximum, floats clipped to [0, 1]."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        if not path.is_file():
+            raise DataError(f"{path}: file not found")
+        arr = _read_tiff_channels(path)
+    else:
+        arr = _read_raw(path)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.shape[-1] in (2, 4):
+            arr = arr[..., :-1]  # PNG/JPEG: grey + alpha, RGBA
+    return np.ascontiguousarray(to_unit_float(arr, path))
+
+
+def match_channels(arr: np.ndarray, channels: int, path: Path | str = "<array>") -> np.ndarray:
+    """[H, W, c] -> [H, W, channels]: equal counts pass, grey is replicated for a 3-channel (RGB) model;
+    anything else is a DataError naming the file and both counts."""
+    c = arr.shape[-1]
+    if c == channels:
+        return arr
+    if c == 1 and channels == 3:
+        return np.repeat(arr, 3, axis=-1)
+    raise DataError(
+        f"{path}: image has {c} channel(s) but the model was trained on {channels}-channel images "
+        f"(config model.image_channels); give it images like the training images"
+    )

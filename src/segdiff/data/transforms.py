@@ -26,10 +26,12 @@ def _coin(g: torch.Generator) -> bool:
 def geometric(
     image: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, out_hw: tuple[int, int], g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random scale, rotation, flips and crop, the same for image [3, H, W] and mask [1, H, W] (0/1 float).
+    """Random scale, rotation, flips and crop, the same for image [C, H, W] and mask [M, H, W] (0/1 float).
 
     The output window of size out_hw is centred at a random point of the input (a random crop); pixels
-    from outside the input are reflected. The mask is resampled bilinearly and thresholded at 0.5.
+    from outside the input are reflected. A binary mask (M = 1) is resampled bilinearly and thresholded at
+    0.5; a one-hot mask (M > 1 channels) is resampled bilinearly per channel and set back to one-hot at
+    the largest channel (for two channels the same as the 0.5 threshold, up to ties).
     """
     _, h, w = image.shape
     oh, ow = out_hw
@@ -60,13 +62,25 @@ def geometric(
     grid = F.affine_grid(theta[None], [1, 1, oh, ow], align_corners=False)
     both = torch.cat([image, mask], 0)[None].float()
     out = F.grid_sample(both, grid, mode="bilinear", padding_mode="reflection", align_corners=False)[0]
-    return out[:-1], (out[-1:] > 0.5).float()
+    m = mask.shape[0]
+    if m == 1:
+        return out[:-1], (out[-1:] > 0.5).float()
+    return out[:-m], F.one_hot(out[-m:].argmax(0), m).permute(2, 0, 1).float()
 
 
 def colour_jitter(image: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue jitter of an RGB image [3, H, W] in [0, 1]."""
+    """Brightness, contrast, saturation and hue jitter of an RGB image [3, H, W] in [0, 1].
+
+    Images with another number of channels get brightness and contrast (about the mean of all channels)
+    only: saturation and hue are colour notions.
+    """
     if cfg.brightness:
         image = image * _uniform(g, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness)
+    if image.shape[0] != 3:
+        if cfg.contrast:
+            mean = image.mean()
+            image = mean + _uniform(g, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast) * (image - mean)
+        return image.clamp(0.0, 1.0)
     if cfg.contrast:
         gray_mean = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]).mean()
         image = gray_mean + _uniform(g, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast) * (image - gray_mean)
@@ -102,3 +116,13 @@ def resize_mask(mask: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     if tuple(mask.shape[-2:]) == tuple(hw):
         return mask
     return (resize_image(mask.float(), hw) >= 0.5).float()
+
+
+def resize_labels(label: torch.Tensor, hw: tuple[int, int], K: int) -> torch.Tensor:
+    """[B, 1, H, W] class indices (uint8; K..255 = ignored) -> [B, 1, h, w]: each class's (and the ignore
+    label's) one-hot channel resampled by area and the largest taken, as resize_mask does for two classes."""
+    if tuple(label.shape[-2:]) == tuple(hw):
+        return label
+    onehot = F.one_hot(label[:, 0].long().clamp(max=K), K + 1).permute(0, 3, 1, 2).float()
+    idx = resize_image(onehot, hw).argmax(1, keepdim=True)
+    return torch.where(idx == K, 255, idx).to(label.dtype)

@@ -13,7 +13,7 @@ def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tens
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sched: Schedule) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (eq. 5). x0, eps: [N, 1, H, W]; t: [N]."""
+    """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (eq. 5). x0, eps: [N, M, H, W]; t: [N]."""
     ab = _at(sched.alpha_bar, t, x0)
     return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
 
@@ -45,6 +45,7 @@ def training_loss(
     eps: torch.Tensor,
     sched: Schedule,
     prediction: str = "eps",
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The training loss of a batch, a mean over pixels and batch.
 
@@ -54,15 +55,21 @@ def training_loss(
 
     The authors' per-image sum under fp16 loss scaling is the documented cause of their users' NaN and
     divergence reports; the mean keeps the gradient scale independent of the image size.
+    valid [N, 1, H, W] (multi-class data with an ignore label): pixels where it is 0 add nothing; the mean
+    still divides by every element, so the loss of a batch does not depend on how it is split over ranks.
     """
     if prediction == "onepass":
+        if x0.shape[1] != 1:
+            raise ValueError("prediction 'onepass' is for binary masks (one mask channel)")
         return onepass_loss(model, x0, cond)
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
     x_t = q_sample(x0, t, eps, sched)
     pred = model(x_t, t, cond)
     target = x0 if prediction == "x0" else eps
-    return torch.mean((pred.float() - target.float()) ** 2)
+    if valid is None:
+        return torch.mean((pred.float() - target.float()) ** 2)
+    return torch.mean((pred.float() - target.float()) ** 2 * valid.float())
 
 
 def onepass_logits(model, cond: torch.Tensor, shape) -> torch.Tensor:

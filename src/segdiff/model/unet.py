@@ -15,8 +15,9 @@ class SegDiffUNet(nn.Module):
     """The SegDiff noise predictor.
 
     `encode_image(I)` computes G(I) once per image; `forward(x_t, t, cond)` runs F, E and D and may be
-    called for every step and every generation with the same `cond`. When x_t holds G generations per
-    image ([B*G, 1, H, W]) and cond holds one entry per image ([B, C, H, W]), cond is broadcast without
+    called for every step and every generation with the same `cond`. x_t has M = cfg.mask_channels
+    channels: 1 for the paper's binary mask, K one-hot class channels for K classes. When x_t holds G
+    generations per image ([B*G, M, H, W]) and cond holds one entry per image ([B, C, H, W]), cond is broadcast without
     a copy.
     """
 
@@ -26,7 +27,7 @@ class SegDiffUNet(nn.Module):
         C, groups = cfg.model_channels, cfg.norm_groups
         emb_dim = 4 * C
         self.time_embed = TimeEmbedding(C, cfg.time_embedding, num_timesteps)
-        self.F = nn.Conv2d(1, C, 3, padding=1)
+        self.F = nn.Conv2d(cfg.mask_channels, C, 3, padding=1)
         self.G = RRDBEncoder(cfg.image_channels, C, cfg.rrdb_blocks, cfg.rrdb_nf, cfg.rrdb_gc)
 
         self.encoder = nn.ModuleList()  # E, after F + G, which is the first skip
@@ -61,14 +62,16 @@ class SegDiffUNet(nn.Module):
                     layers.append(Upsample(ch))
                     ds //= 2
                 self.decoder.append(Sequential(layers))
-        self.out = nn.Sequential(group_norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, 1, 3, padding=1)))
+        self.out = nn.Sequential(
+            group_norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.mask_channels, 3, padding=1))
+        )
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """G(I): [B, 3, H, W] normalised image -> cond [B, C, H, W]."""
+        """G(I): [B, image_channels, H, W] normalised image -> cond [B, C, H, W]."""
         return self.G(image)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """[N, 1, H, W] x_t, [N] timesteps (original 0..T-1), cond [N or B, C, H, W] -> eps [N, 1, H, W]."""
+        """[N, M, H, W] x_t, [N] timesteps (original 0..T-1), cond [N or B, C, H, W] -> eps [N, M, H, W]."""
         n, _, h, w = x_t.shape
         s = self.cfg.stride
         if h % s or w % s:

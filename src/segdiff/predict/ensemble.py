@@ -2,6 +2,12 @@
 
 probability = mean over generations of clamp((x0 + 1) / 2, 0, 1); uncertainty = their per-pixel
 standard deviation; mask = probability >= 0.5.
+
+K classes (x0 with K one-hot channels, `summarise_classes`): generation g's class distribution at a pixel
+is q_gk = clamp((x0_gk + 1) / 2, 0, 1) renormalised over the K channels (uniform where every channel is at
+-1 or below); class probabilities = mean over generations of q_g; label = argmax; uncertainty = entropy of
+the mean distribution (nats; at most log K) and disagreement = fraction of generations whose own argmax
+differs from the label.
 """
 
 from __future__ import annotations
@@ -51,8 +57,9 @@ def sample_x0(
 ) -> torch.Tensor:
     """x0 of every generation for a batch of normalised images.
 
-    image: [B, 3, H, W] (H, W multiples of the network stride); keys: one key per image (an int, a str or
-    a tuple) from which the noise of its generations is drawn. Returns [B, G, H, W] in x0 space.
+    image: [B, C, H, W] (H, W multiples of the network stride); keys: one key per image (an int, a str or
+    a tuple) from which the noise of its generations is drawn. Returns [B, G, H, W] in x0 space, or
+    [B, G, K, H, W] for a K-class network (net.cfg.mask_channels = K > 1).
     The network batch holds b images x g generations with b * g <= batch_generations.
     on_step, if given, is called after every network call of the sampling loop (progress reporting);
     `network_calls` says how many there will be.
@@ -64,6 +71,7 @@ def sample_x0(
     """
     B, _, H, W = image.shape
     G = opts.generations
+    M = getattr(getattr(net, "cfg", None), "mask_channels", 1)
     device = image.device
     steps = opts.steps_for(len(sched))
     if opts.compile == "auto":
@@ -80,7 +88,7 @@ def sample_x0(
             logits = onepass_logits(fwd, cond, (B, 1, H, W))
         return torch.tanh(logits.float() / 2).expand(B, G, H, W).clone()  # (x0 + 1) / 2 = sigmoid(logits)
     to_eps = _x0_to_eps(sched, steps) if prediction == "x0" else None
-    out = torch.empty(B, G, H, W, device=device)
+    out = torch.empty(B, G, M, H, W, device=device)
     all_keys = noise_keys(keys, G, opts.seed)
     for b0, b1, g0, g1 in _chunks(B, G, per_batch):
         chunk_keys = [k for keys_b in all_keys[b0:b1] for k in keys_b[g0:g1]]
@@ -91,7 +99,7 @@ def sample_x0(
             if G < per_batch:  # whole images per batch: pad with copies of the last image's G(I)
                 c = torch.cat([c, c[-1:].expand(rows // G - (b1 - b0), *c.shape[1:])])
         noise = GenerationNoise.for_keys(chunk_keys, device)
-        x_T = noise.randn((1, H, W), device)
+        x_T = noise.randn((M, H, W), device)
 
         def eps_fn(x, t, c=c):
             with autocast(device, opts.amp):
@@ -102,8 +110,8 @@ def sample_x0(
             return to_eps(x, t, y.float()) if to_eps is not None else y
 
         x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, steps, opts.variance, opts.eta, opts.clip_x0)
-        out[b0:b1, g0:g1] = x0[:n].view(b1 - b0, g1 - g0, H, W)
-    return out
+        out[b0:b1, g0:g1] = x0[:n].view(b1 - b0, g1 - g0, M, H, W)
+    return out[:, :, 0] if M == 1 else out
 
 
 def network_calls(batch: int, opts: PredictConfig, T: int) -> int:
@@ -176,6 +184,28 @@ def summarise(x0: torch.Tensor) -> dict[str, torch.Tensor]:
     p = ((x0.float() + 1) / 2).clamp(0, 1)
     prob = p.mean(dim=-3)
     return {"prob": prob, "uncertainty": p.std(dim=-3, unbiased=False), "mask": prob >= 0.5, "samples": p}
+
+
+def class_distribution(x0: torch.Tensor) -> torch.Tensor:
+    """[..., K, H, W] one-hot channels in x0 space -> per-pixel class distribution (sums to 1 over K):
+    clamp((x0 + 1) / 2, 0, 1) renormalised, uniform where every channel is at -1 or below."""
+    q = ((x0.float() + 1) / 2).clamp(0, 1)
+    s = q.sum(dim=-3, keepdim=True)
+    K = q.shape[-3]
+    return torch.where(s > 0, q / s.clamp(min=1e-12), torch.full_like(q, 1.0 / K))
+
+
+def summarise_classes(x0: torch.Tensor) -> dict[str, torch.Tensor]:
+    """[..., G, K, H, W] generations of a K-class model -> prob [..., K, H, W] (mean over generations of
+    each generation's class distribution), label [..., H, W] (argmax), entropy [..., H, W] (of the mean
+    distribution, nats), disagreement [..., H, W] (fraction of generations whose argmax is not the label),
+    samples [..., G, K, H, W] (each generation's distribution)."""
+    q = class_distribution(x0)
+    prob = q.mean(dim=-4)
+    label = prob.argmax(dim=-3)
+    entropy = -(prob * prob.clamp(min=1e-12).log()).sum(dim=-3)
+    disagreement = (q.argmax(dim=-3) != label.unsqueeze(-3)).float().mean(dim=-3)
+    return {"prob": prob, "label": label, "entropy": entropy, "disagreement": disagreement, "samples": q}
 
 
 def pad_to_stride(image: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[int, int]]:

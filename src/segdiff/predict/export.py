@@ -4,6 +4,16 @@ PNG + float TIFF) and, on request, every generation, each in its own folder name
 OUT/masks/<stem>.png   OUT/prob/<stem>.{png,tif}   OUT/uncertainty/<stem>.{png,tif}
 OUT/generations/<stem>/<k>.png
 `segdiff evaluate --pred OUT` reads OUT/masks (and OUT/prob) directly.
+
+K classes (`write_class_prediction`):
+OUT/masks/<stem>.png          the label: each pixel the class's mask value (8-bit, 16-bit when a value
+                              exceeds 255; the class index for classes given by colour only)
+OUT/color/<stem>.png          the label in the classes' colours
+OUT/prob/<stem>.tif           float32 [K, H, W] class probabilities, channels first, in label order
+OUT/uncertainty/<stem>.{tif,png}   entropy of the mean class distribution (nats; PNG heat map 0..log K)
+OUT/disagreement/<stem>.{tif,png}  fraction of generations whose argmax differs from the label
+OUT/generations/<stem>/<k>.png     each generation's argmax in the classes' colours
+OUT/classes.json              the classes (read by `segdiff evaluate`)
 """
 
 from __future__ import annotations
@@ -74,6 +84,39 @@ def stems_with_partials(out: Path) -> set[str]:
     """Stems of images whose interrupted writers left temporary files in OUT."""
     out = Path(out)
     stems = {p.parent.name for p in out.glob("generations/*/.*.partial-*")}
-    for sub in SUBDIRS:
+    for sub in (*SUBDIRS, "color", "disagreement"):  # K-class outputs too
         stems |= {p.name[1:].rsplit(".partial-", 1)[0] for p in out.glob(f"{sub}/.*.partial-*")}
     return stems
+
+
+CLASS_SUBDIRS = ("masks", "color", "prob", "uncertainty", "disagreement")
+
+
+def write_class_prediction(out: Path, stem: str, classes, label, prob, entropy, disagreement, samples=None) -> None:
+    """One image of a K-class model: label [H, W] class indices, prob [K, H, W], entropy and disagreement
+    [H, W], samples [G, K, H, W] or None. The label PNG is written last (it marks a finished image)."""
+    out = Path(out)
+    for sub in CLASS_SUBDIRS:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    if samples is not None:
+        gdir = out / "generations" / stem
+        gdir.mkdir(parents=True, exist_ok=True)
+        for k, s in enumerate(samples):
+            atomic_write(gdir / f"{k:03d}.png", lambda p, s=s: write_png(p, classes.color_image(s.argmax(0))))
+    atomic_write(out / "prob" / f"{stem}.tif", lambda p: write_float_tiff(p, prob))
+    atomic_write(out / "uncertainty" / f"{stem}.tif", lambda p: write_float_tiff(p, entropy))
+    vmax = float(np.log(max(classes.K, 2)))
+    atomic_write(out / "uncertainty" / f"{stem}.png", lambda p: write_png(p, heatmap(entropy, vmax)))
+    atomic_write(out / "disagreement" / f"{stem}.tif", lambda p: write_float_tiff(p, disagreement))
+    atomic_write(out / "disagreement" / f"{stem}.png", lambda p: write_png(p, heatmap(disagreement, 1.0)))
+    atomic_write(out / "color" / f"{stem}.png", lambda p: write_png(p, classes.color_image(label)))
+    atomic_write(out / "masks" / f"{stem}.png", lambda p: write_png(p, classes.value_image(label)))
+
+
+def write_classes_json(out: Path, classes) -> None:
+    import json
+
+    from ..atomic import atomic_write_text
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(out) / "classes.json", json.dumps(classes.to_json(), indent=2) + "\n")

@@ -21,11 +21,24 @@ from ..api import SegDiff
 from ..atomic import atomic_write_text
 from ..config import PredictConfig
 from ..data.folder import list_images
-from ..data.io import read_image
+from ..data.io import match_channels, read_image_channels
 from ..errors import UserError
 from ..lock import FileLock
 from ..memory import is_out_of_memory
-from .export import is_done, remove_partials, stems_with_partials, write_prediction
+from .export import (
+    is_done,
+    remove_partials,
+    stems_with_partials,
+    write_class_prediction,
+    write_classes_json,
+    write_prediction,
+)
+
+
+def read_model_image(path: Path, channels: int):
+    """An image file as float32 [H, W, channels] for a model trained on `channels`-channel images (grey is
+    replicated for an RGB model; other mismatches are a DataError naming the file)."""
+    return match_channels(read_image_channels(path), channels, path)
 
 
 def part_of(paths: list[Path], num_parts: int, part_id: int) -> list[Path]:
@@ -69,7 +82,7 @@ def predict_folder(
     # compile="auto": decided once for the whole folder (image sizes estimated from the first image)
     reason = "set explicitly"
     if todo and opts.compile == "auto":
-        shape = tuple(read_image(todo[0]).shape[:2]) if opts.mode != "resize" else (1, 1)
+        shape = tuple(read_image_channels(todo[0]).shape[:2]) if opts.mode != "resize" else (1, 1)
         opts = model.resolve_compile(opts, [shape] * len(todo))
         reason = model.compile_decision.reason
     t0 = time.time()
@@ -81,6 +94,10 @@ def predict_folder(
     # that parts, torchrun ranks and job arrays may share one folder; an image another process holds is left to it
     locks: dict[str, FileLock] = {}
     predicted, busy, done_meanwhile = 0, 0, 0
+
+    classes = model.classes
+    if classes is not None:
+        write_classes_json(out, classes)
 
     def flush(items):
         nonlocal predicted
@@ -103,6 +120,18 @@ def predict_folder(
                 "--batch-images 1"
             ) from None
         for j, (p, _) in enumerate(items):
+            if classes is not None:
+                write_class_prediction(
+                    out,
+                    p.stem,
+                    classes,
+                    pred.mask[j].numpy(),
+                    pred.prob[j].numpy(),
+                    pred.uncertainty[j].numpy(),
+                    pred.disagreement[j].numpy(),
+                    pred.samples[j].numpy() if save_generations else None,
+                )
+                continue
             write_prediction(
                 out,
                 p.stem,
@@ -135,7 +164,7 @@ def predict_folder(
                 continue
             locks[p.stem] = lock
             remove_partials(out, p.stem)
-            image = torch.from_numpy(read_image(p)).permute(2, 0, 1)
+            image = torch.from_numpy(read_model_image(p, model.config.model.image_channels)).permute(2, 0, 1)
             key = tuple(image.shape[1:])
             groups.setdefault(key, []).append((p, image))
             if len(groups[key]) >= batch_images:

@@ -26,7 +26,16 @@ from .. import faults, rng
 from ..api import SegDiff
 from ..atomic import atomic_write_text
 from ..config import RunConfig, resume_config
-from ..data.dataset import StepDataset, TrainBatches, channel_stats, load_pair, make_splits, write_split
+from ..data.classes import ClassSet, resolve_classes
+from ..data.dataset import (
+    StepDataset,
+    TrainBatches,
+    channel_stats,
+    image_channels,
+    load_pair,
+    make_splits,
+    write_split,
+)
 from ..diffusion import training_loss
 from ..errors import CheckpointError, UserError
 from ..lock import lock_run
@@ -63,10 +72,10 @@ class LossModule(nn.Module):
         self.net = model.net
         self._model = [model]  # not a submodule
 
-    def forward(self, image, x0, t, eps):
+    def forward(self, image, x0, t, eps, valid=None):
         model = self._model[0]
         cond = self.net.encode_image(model.normalize(image))
-        return training_loss(self.net, x0, cond, t, eps, model.schedule, model.config.model.prediction)
+        return training_loss(self.net, x0, cond, t, eps, model.schedule, model.config.model.prediction, valid)
 
 
 def _grad_norm(net: nn.Module, grad_clip: float) -> torch.Tensor:
@@ -111,6 +120,39 @@ _now = time.time  # the loop's clock (a test replaces it to make the budget's th
 _UNBOUNDED = 10**12  # the data loader's length before a budget run has fixed max_steps
 
 
+def with_data_shape(config: RunConfig, data: Path, train_samples) -> RunConfig:
+    """A new run's config with what the data decides (the caller's config is unchanged): the image
+    channels (model.image_channels) and, for multi-class masks, the classes (data.classes, ignore label)
+    and model.mask_channels = K (docs/data.md). Classes already in the config (set in Python) are kept."""
+    data_cfg = config.data
+    if data_cfg.classes is None:
+        found = resolve_classes(data)
+        if found is not None:
+            data_cfg = replace(data_cfg, **found.to_config())
+    classes = ClassSet.from_config(data_cfg)
+    model_cfg = replace(
+        config.model,
+        image_channels=image_channels(train_samples),
+        mask_channels=1 if classes is None else classes.K,
+    )
+    return replace(config, model=model_cfg, data=data_cfg)
+
+
+def _class_iou(pred: torch.Tensor, gt: torch.Tensor, K: int) -> tuple[float, float]:
+    """Mean over foreground classes (1..K-1) present in prediction or truth of IoU and Dice; ignored
+    pixels (gt >= K) left out; 1, 1 when no foreground class is present in either."""
+    keep = gt < K
+    p, g = pred[keep].long(), gt[keep].long()
+    ious, dices = [], []
+    for k in range(1, K):
+        pk, gk = p == k, g == k
+        tp, fp, fn = int((pk & gk).sum()), int((pk & ~gk).sum()), int((~pk & gk).sum())
+        if tp + fp + fn:
+            ious.append(tp / (tp + fp + fn))
+            dices.append(2 * tp / (2 * tp + fp + fn))
+    return (sum(ious) / len(ious), sum(dices) / len(dices)) if ious else (1.0, 1.0)
+
+
 def validation_options(model: SegDiff, cfg: RunConfig, shapes: list[tuple[int, int]], validations: int):
     """The prediction protocol of validation (the run's `predict` config with the val generations and
     steps), with compile="auto" resolved once for `validations` runs over images of `shapes` (H, W)."""
@@ -146,9 +188,12 @@ def validate(
         sums = [0.0, 0.0, 0.0]
         for i in range(info.rank, len(val_pairs), info.world):
             image, mask = val_pairs[i]
-            pred = model.predict(image, keys=[("val", i)], opts=opts).mask[0].numpy()
-            c = confusion(pred, mask[0].numpy() > 0.5)
-            iou, f1 = iou_from_confusion(c), f1_from_confusion(c)
+            pred = model.predict(image, keys=[("val", i)], opts=opts).mask[0]
+            if cfg.model.mask_channels > 1:  # multi-class: mean over foreground classes
+                iou, f1 = _class_iou(pred, mask[0], cfg.model.mask_channels)
+            else:
+                c = confusion(pred.numpy(), mask[0].numpy() > 0.5)
+                iou, f1 = iou_from_confusion(c), f1_from_confusion(c)
             sums = [sums[0] + iou, sums[1] + f1, sums[2] + 1]
         iou, f1, n = all_reduce_sum(sums, model.device, info)
     finally:
@@ -230,11 +275,22 @@ def _train(data: Path, out: Path, config: RunConfig, resume: bool, device, progr
         raise UserError(f"--batch-size {tc.batch_size} is not divisible by the {info.world} processes")
 
     splits = make_splits(data, config.data.val_fraction, tc.seed)
-    batches = TrainBatches(splits.train, config.data, config.diffusion.steps, tc.seed, tc.t_sampling)
+    if not resume:
+        config = with_data_shape(config, data, splits.train)
+    batches = TrainBatches(
+        splits.train,
+        config.data,
+        config.diffusion.steps,
+        tc.seed,
+        tc.t_sampling,
+        channels=config.model.image_channels,
+    )
     if config.data.mean is None:
         mean, std = channel_stats(batches.float_images())
         config = replace(config, data=replace(config.data, mean=mean, std=std))  # the caller's config is unchanged
-    val_pairs = [load_pair(s) for s in splits.val[: tc.val_max_images or None]]
+    classes = ClassSet.from_config(config.data)
+    channels = config.model.image_channels
+    val_pairs = [load_pair(s, classes, channels) for s in splits.val[: tc.val_max_images or None]]
 
     torch.manual_seed(tc.seed)  # initial weights and dropout; a resumed run restores its RNG state below
     model = SegDiff(config, device)
@@ -457,7 +513,7 @@ def _train(data: Path, out: Path, config: RunConfig, resume: bool, device, progr
                         break
             tw = _now()
             try:
-                image, x0, t, eps = next(batches_it)
+                batch = next(batches_it)  # image, x0, t, eps (and valid for multi-class data)
             except StopIteration:
                 break
             waited += _now() - tw
@@ -466,7 +522,8 @@ def _train(data: Path, out: Path, config: RunConfig, resume: bool, device, progr
                 stopped_by = "max_minutes"
                 break
             dev = model.device
-            image, x0, t, eps = (v.to(dev, non_blocking=True) for v in (image, x0, t, eps))
+            batch = tuple(v.to(dev, non_blocking=True) for v in batch)
+            image = batch[0]
             if info.enabled:  # each rank its own dropout masks, keyed so that a resumed run continues exactly
                 torch.manual_seed(rng.key(tc.seed, "dropout", info.rank, step))
             for group in opt.param_groups:
@@ -475,7 +532,7 @@ def _train(data: Path, out: Path, config: RunConfig, resume: bool, device, progr
                 tc_start = _now()
             try:
                 loss, finite = train_step(
-                    step_module, model.net, opt, ema, (image, x0, t, eps), step, tc.grad_clip, amp, tc.skip_nonfinite
+                    step_module, model.net, opt, ema, batch, step, tc.grad_clip, amp, tc.skip_nonfinite
                 )
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
