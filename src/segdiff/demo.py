@@ -54,6 +54,116 @@ def synthetic_pair(g: torch.Generator, size: int = 32) -> tuple[np.ndarray, np.n
     return to_u8(image.numpy()), mask.numpy()
 
 
+CLASS_NAMES = ("background", "stripes", "checks", "speckle")
+CLASS_COLORS = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200))
+
+
+def _texture(kind: int, yy: torch.Tensor, xx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Texture of class `kind` in [0.15, 0.85] with mean 0.5: 1 stripes (period 3-5 px, any angle),
+    2 checks (a product of two sines, period 6-8 px), 3 speckle (independent uniform pixels)."""
+    size = yy.shape[0]
+    ang = float(torch.rand((), generator=g)) * math.pi
+    phase = float(torch.rand((), generator=g)) * 2 * math.pi
+    u = xx * math.cos(ang) + yy * math.sin(ang)
+    v = -xx * math.sin(ang) + yy * math.cos(ang)
+    if kind == 1:
+        period = 3 + 2 * float(torch.rand((), generator=g))
+        return 0.5 + 0.35 * torch.sin(2 * math.pi * u / period + phase)
+    if kind == 2:
+        period = 6 + 2 * float(torch.rand((), generator=g))
+        return 0.5 + 0.35 * torch.sin(2 * math.pi * u / period + phase) * torch.sin(2 * math.pi * v / period)
+    return 0.15 + 0.7 * torch.rand(size, size, generator=g)
+
+
+def synthetic_classes_pair(g: torch.Generator, size: int = 32, channels: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """One image uint8 [size, size] (channels 1) or [size, size, channels] and label uint8 [size, size]
+    holding 0 (background) and the classes 1 stripes, 2 checks, 3 speckle.
+
+    2-4 random ellipses, each of a random class, on the smooth background texture of the binary demo.
+    Every texture spans the same intensity range with the same mean: the classes differ by texture only.
+    With several channels, each is the grey texture times a per-image gain plus its own noise.
+    """
+    yy, xx = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
+    smooth = torch.rand(1, 1, 5, 5, generator=g)
+    smooth = F.interpolate(smooth, size=(size, size), mode="bicubic", align_corners=False)[0, 0]
+    gray = 0.15 + 0.7 * (smooth - smooth.min()) / (smooth.max() - smooth.min() + 1e-6)
+    label = torch.zeros(size, size, dtype=torch.uint8)
+    lo, span = max(3, size // 5), max(2, size // 5)
+    for _ in range(int(torch.randint(2, 5, (), generator=g))):
+        kind = int(torch.randint(1, 4, (), generator=g))
+        cy, cx = (torch.rand(2, generator=g) * (size - 2 * lo) + lo).tolist()
+        ry, rx = (torch.rand(2, generator=g) * span + lo).tolist()
+        a = float(torch.rand((), generator=g)) * math.pi
+        dy, dx = yy - cy, xx - cx
+        u, v = dx * math.cos(a) + dy * math.sin(a), -dx * math.sin(a) + dy * math.cos(a)
+        inside = (u / rx) ** 2 + (v / ry) ** 2 <= 1
+        gray = torch.where(inside, _texture(kind, yy, xx, g), gray)
+        label[inside] = kind
+    gain = 0.8 + 0.4 * torch.rand(channels, generator=g)
+    image = gray[..., None] * gain + 0.04 * torch.randn(size, size, channels, generator=g)
+    image = to_u8(image.clamp(0, 1).numpy())
+    return (image[..., 0] if channels == 1 else image), label.numpy()
+
+
+def make_classes_dataset(
+    root: Path,
+    n_train: int = 160,
+    n_val: int = 16,
+    n_test: int = 32,
+    size: int = 32,
+    channels: int = 1,
+    seed: int = 0,
+    classes_json: bool = True,
+) -> Path:
+    """The 3-class texture data set: grey PNG images (channels 1) or channels-first multi-channel TIFFs,
+    8-bit label PNG masks holding 0..3, and ROOT/classes.json naming the classes (unless classes_json is
+    False: then the classes come from a scan of the masks)."""
+    import tifffile
+
+    root = Path(root)
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        if not n:
+            continue
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image, label = synthetic_classes_pair(rng.generator(seed, "classes", split, i), size, channels)
+            stem = f"{split}_{i:04d}"
+            if channels == 1:
+                write_png(root / split / "images" / f"{stem}.png", image)
+            else:
+                tifffile.imwrite(root / split / "images" / f"{stem}.tif", np.moveaxis(image, -1, 0))
+            write_png(root / split / "masks" / f"{stem}.png", label)
+    if classes_json:
+        spec = {
+            "classes": [
+                {"name": n, "value": i, "color": list(c)} for i, (n, c) in enumerate(zip(CLASS_NAMES, CLASS_COLORS))
+            ]
+        }
+        (root / "classes.json").write_text(json.dumps(spec, indent=2) + "\n")
+    return root
+
+
+def intensity_classifier(images: list[np.ndarray], labels: list[np.ndarray], K: int, bins: int = 64) -> np.ndarray:
+    """A per-pixel intensity classifier fitted on training pairs: for each of `bins` bins of the pixel's
+    mean intensity over channels, the most frequent class. Returns the lookup table [bins]."""
+    counts = np.zeros((bins, K), np.int64)
+    for im, lab in zip(images, labels):
+        grey = im.reshape(*im.shape[:2], -1).astype(np.float64).mean(-1) / (255.0 if im.dtype == np.uint8 else 1.0)
+        b = np.clip((grey * bins).astype(np.int64), 0, bins - 1)
+        keep = lab < K
+        np.add.at(counts, (b[keep], lab[keep].astype(np.int64)), 1)
+    return counts.argmax(1)
+
+
+def apply_intensity_classifier(table: np.ndarray, image: np.ndarray) -> np.ndarray:
+    bins = len(table)
+    grey = image.reshape(*image.shape[:2], -1).astype(np.float64).mean(-1) / (255.0 if image.dtype == np.uint8 else 1.0)
+    return table[np.clip((grey * bins).astype(np.int64), 0, bins - 1)]
+
+
 def make_dataset(
     root: Path, n_train: int = 160, n_val: int = 16, n_test: int = 32, size: int = 32, seed: int = 0
 ) -> Path:

@@ -170,6 +170,11 @@ class ClassSet:
         return out
 
     # -- labels -> files ---------------------------------------------------------------------------
+    def mask_image(self, label: np.ndarray) -> np.ndarray:
+        """Class indices [H, W] -> a mask in the data's own format: the classes' values (`value_image`), or
+        their colours when the classes are given by colour only."""
+        return self.value_image(label) if self.by_value else self.color_image(label)
+
     def value_image(self, label: np.ndarray) -> np.ndarray:
         """Class indices [H, W] -> the classes' mask values (their index where only a colour is given),
         uint8 when every value fits, else uint16."""

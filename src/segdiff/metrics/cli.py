@@ -59,12 +59,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="first resize each prediction (probability map, then threshold 0.5) to its ground-truth mask's "
         "size: the Cityscapes protocol, where masks stay at the native crop size (docs/protocols.md)",
     )
+    p.add_argument(
+        "--classes",
+        type=Path,
+        metavar="FILE",
+        help="classes.json of multi-class masks (default: GT's data root, then PRED/classes.json written by predict)",
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, metavar="RUN", help="take the classes of multi-class masks from this run's config"
+    )
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, return the exit status (0). UserError propagates to the top-level CLI."""
+    from .evaluate_classes import find_classes, format_class_table
+
+    if find_classes(args.pred, args.gt, args.classes, args.checkpoint) is not None:
+        if args.resize_to_gt:
+            from ..errors import UserError
+
+            raise UserError("--resize-to-gt: not available for multi-class masks")
+        summary = evaluate_dirs(
+            pred=args.pred, gt=args.gt, prob=args.prob, out=args.out, classes=args.classes, checkpoint=args.checkpoint
+        )
+        print(format_class_table(summary))
+        return 0
     if not args.resize_to_gt:
         summary = evaluate_dirs(
             pred=args.pred, gt=args.gt, prob=args.prob, out=args.out, paper_compat=args.paper_compat

@@ -223,9 +223,13 @@ def evaluate_dirs(
     out: Path | None = None,
     paper_compat: bool = False,
     reliability_png: bool = True,
+    classes: Path | None = None,
+    checkpoint: Path | None = None,
 ) -> dict:
     """Score every predicted mask against its ground truth; return (and with `out`, write) the summary.
 
+    Multi-class data (a classes.json in the ground-truth root or the prediction folder, `classes` = a
+    classes.json, or `checkpoint` = a multi-class run folder) is scored by `evaluate_class_dirs`.
     Metric values are fractions in [0, 1]. With `out` (a file path such as results/summary.json) also
     writes <out stem>_per_image.csv and, with probabilities and `reliability_png`, <out stem>_reliability.png
     beside it; summary.json is written last, each file atomically.
@@ -236,6 +240,11 @@ def evaluate_dirs(
         out = Path(out)
         if out.is_dir() or out.suffix.lower() != ".json":
             raise UserError(f"{out}: --out must be a .json file path such as results/summary.json")
+    from .evaluate_classes import evaluate_class_dirs, find_classes
+
+    class_set = find_classes(pred, gt, classes, checkpoint)
+    if class_set is not None:  # K classes (docs/metrics.md, "Multi-class")
+        return evaluate_class_dirs(mask_dir, gt_dir, class_set, prob_dir, out, reliability_png)
     pred_files = list_files(mask_dir, MASK_EXTS, "predicted mask")
     gt_files = list_files(gt_dir, MASK_EXTS, "ground-truth mask")
     _check_paired(pred_files, gt_files, "ground-truth mask", gt_dir)

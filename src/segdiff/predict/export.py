@@ -6,8 +6,8 @@ OUT/generations/<stem>/<k>.png
 `segdiff evaluate --pred OUT` reads OUT/masks (and OUT/prob) directly.
 
 K classes (`write_class_prediction`):
-OUT/masks/<stem>.png          the label: each pixel the class's mask value (8-bit, 16-bit when a value
-                              exceeds 255; the class index for classes given by colour only)
+OUT/masks/<stem>.png          the label as the data's masks: each pixel the class's value (8-bit, 16-bit
+                              when a value exceeds 255), or its colour for classes given by colour only
 OUT/color/<stem>.png          the label in the classes' colours
 OUT/prob/<stem>.tif           float32 [K, H, W] class probabilities, channels first, in label order
 OUT/uncertainty/<stem>.{tif,png}   entropy of the mean class distribution (nats; PNG heat map 0..log K)
@@ -110,7 +110,7 @@ def write_class_prediction(out: Path, stem: str, classes, label, prob, entropy, 
     atomic_write(out / "disagreement" / f"{stem}.tif", lambda p: write_float_tiff(p, disagreement))
     atomic_write(out / "disagreement" / f"{stem}.png", lambda p: write_png(p, heatmap(disagreement, 1.0)))
     atomic_write(out / "color" / f"{stem}.png", lambda p: write_png(p, classes.color_image(label)))
-    atomic_write(out / "masks" / f"{stem}.png", lambda p: write_png(p, classes.value_image(label)))
+    atomic_write(out / "masks" / f"{stem}.png", lambda p: write_png(p, classes.mask_image(label)))
 
 
 def write_classes_json(out: Path, classes) -> None:
