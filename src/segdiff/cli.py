@@ -156,7 +156,14 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     with _labelled({"train.max_steps": f"--max-steps {args.max_steps}"}):
-        report = run_demo(args.out, max_steps=args.max_steps, progress=not args.quiet, device=args.device)
+        report = run_demo(
+            args.out,
+            max_steps=args.max_steps,
+            progress=not args.quiet,
+            device=args.device,
+            classes=args.classes,
+            channels=args.channels,
+        )
     print(json.dumps(report, indent=2))
     print(f"report: {args.out}/report.json, figure: {args.out}/figure.png")
     return 0
@@ -282,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="synthetic data -> train tiny -> predict -> evaluate -> report (no download)")
     d.add_argument("--out", default="segdiff-demo")
     d.add_argument("--max-steps", type=int, help="training steps (default: the tiny preset's)")
+    d.add_argument(
+        "--classes",
+        type=int,
+        help="multi-class demo: 2 or 3 foreground classes told apart by texture only (default: the binary demo)",
+    )
+    d.add_argument("--channels", type=int, default=1, help="image channels of the multi-class demo (e.g. 1 or 4)")
     d.add_argument("--device")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)
