@@ -72,3 +72,47 @@ def make_dataset(root: Path, splits=(("train", 6), ("test", 3)), size: int = 16,
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     return make_dataset(tmp_path / "data")
+
+
+def make_classes_data(
+    root: Path, splits=(("train", 6), ("test", 3)), size: int = 16, channels: int = 1, ignore: bool = True
+) -> Path:
+    """The 3-class texture data (segdiff.demo.synthetic_classes_pair) with classes.json; with `ignore`, a
+    one-pixel border of every mask holds the ignore value 255."""
+    import json
+
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from segdiff.demo import CLASS_COLORS, CLASS_NAMES, synthetic_classes_pair
+
+    root = Path(root)
+    for split, n in splits:
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image, label = synthetic_classes_pair(rng.generator(seed_of(split), i), size, channels)
+            if channels == 1:
+                write_png(root / split / "images" / f"img{i:02d}.png", image)
+            else:
+                tifffile.imwrite(
+                    root / split / "images" / f"img{i:02d}.tif", np.moveaxis(image, -1, 0), photometric="minisblack"
+                )
+            if ignore:
+                label = label.copy()
+                label[0, :] = label[:, 0] = 255
+            Image.fromarray(label).save(root / split / "masks" / f"img{i:02d}.png")
+    spec = {
+        "classes": [
+            {"name": n, "value": i, "color": list(c)} for i, (n, c) in enumerate(zip(CLASS_NAMES, CLASS_COLORS))
+        ]
+    }
+    if ignore:
+        spec["ignore"] = 255
+    (root / "classes.json").write_text(json.dumps(spec))
+    return root
+
+
+def seed_of(split: str) -> int:
+    return {"train": 1, "val": 2, "test": 3}.get(split, 4)

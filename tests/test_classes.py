@@ -215,8 +215,9 @@ def test_class_metrics():
     # a class absent from both has no score, and is left out of the means
     iou2, _ = iou_dice(confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), 3))
     assert iou2[0] == 1 and np.isnan(iou2[1:]).all()
-    s = summarize_classes([score_classes(pred, gt, 3), score_classes(np.zeros((2, 4), int), np.zeros((2, 4), int), 3)],
-                          ["bg", "x", "y"])
+    s = summarize_classes(
+        [score_classes(pred, gt, 3), score_classes(np.zeros((2, 4), int), np.zeros((2, 4), int), 3)], ["bg", "x", "y"]
+    )
     assert s["per_class"]["x"]["iou"] == pytest.approx(2 / 3) and s["per_class"]["x"]["images"] == 1
     assert s["per_class"]["bg"]["iou"] == pytest.approx((0.5 + 1) / 2)
     assert s["miou_fg"] == pytest.approx((2 / 3 + 1 / 2) / 2)

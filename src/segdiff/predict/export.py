@@ -103,7 +103,7 @@ def write_class_prediction(out: Path, stem: str, classes, label, prob, entropy, 
         gdir.mkdir(parents=True, exist_ok=True)
         for k, s in enumerate(samples):
             atomic_write(gdir / f"{k:03d}.png", lambda p, s=s: write_png(p, classes.color_image(s.argmax(0))))
-    atomic_write(out / "prob" / f"{stem}.tif", lambda p: write_float_tiff(p, prob))
+    atomic_write(out / "prob" / f"{stem}.tif", lambda p: write_float_stack(p, prob))
     atomic_write(out / "uncertainty" / f"{stem}.tif", lambda p: write_float_tiff(p, entropy))
     vmax = float(np.log(max(classes.K, 2)))
     atomic_write(out / "uncertainty" / f"{stem}.png", lambda p: write_png(p, heatmap(entropy, vmax)))
@@ -111,6 +111,13 @@ def write_class_prediction(out: Path, stem: str, classes, label, prob, entropy, 
     atomic_write(out / "disagreement" / f"{stem}.png", lambda p: write_png(p, heatmap(disagreement, 1.0)))
     atomic_write(out / "color" / f"{stem}.png", lambda p: write_png(p, classes.color_image(label)))
     atomic_write(out / "masks" / f"{stem}.png", lambda p: write_png(p, classes.mask_image(label)))
+
+
+def write_float_stack(path: Path, arr) -> None:
+    """float32 [K, H, W] as one multi-page grey TIFF (page k = class k)."""
+    import tifffile
+
+    tifffile.imwrite(str(path), np.asarray(arr, dtype=np.float32), photometric="minisblack")
 
 
 def write_classes_json(out: Path, classes) -> None:
