@@ -93,7 +93,7 @@ def _launch(data: str, run: str) -> None:
     info = init_distributed("cpu")
     assert not info.owns_group and info.world == int(os.environ.get("WORLD_SIZE", "1"))
     model = SegDiff.load(run, weights="raw", device="cpu")
-    val = [load_pair(s) for s in make_splits(Path(data), 0.1, 0).val]
+    val = [load_pair(s, model.classes, model.config.model.image_channels) for s in make_splits(Path(data), 0.1, 0).val]
     scores = validate(model, model.net, val, model.config, info)
     if info.main:
         Path(f"{run}.val.json").write_text(json.dumps({"summary": summary, "val": scores, "world": info.world}))
