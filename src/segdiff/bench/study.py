@@ -104,6 +104,8 @@ def run_study(
     from .speed import environment
 
     out = Path(out)
+    if model.config.model.mask_channels > 1:
+        raise UserError("segdiff study: binary models only (this run has several classes)")
     T = len(model.schedule)
     if steps is None:
         steps = sorted({k for k in DEFAULT_STEPS if k <= T} | {T})

@@ -320,7 +320,10 @@ def scan_values(files: list[Path]) -> list[int]:
                 raise DataError(f"{p}: mask holds non-integer values; masks hold integer class values")
         values.update(int(v) for v in u)
         if len(values) > MAX_CLASSES:
-            raise DataError(f"{p}: the masks hold more than {MAX_CLASSES} distinct values; is this a mask folder?")
+            raise DataError(
+                f"{p}: masks are not binary and hold more than {MAX_CLASSES} distinct values, too many classes; "
+                "is this a mask folder?"
+            )
     return sorted(values)
 
 
