@@ -200,7 +200,7 @@ def test_multiclass_model_loss_ignore_and_predict():
     assert torch.equal(out.mask, out.prob.argmax(1)) and out.classes == ("a", "b", "c")
     assert float(out.uncertainty.max()) <= np.log(3) + 1e-5
     # resize mode: the K maps are resized with the generations
-    model.config.data.predict_mode = "resize"
+    model.config.predict.mode = "resize"
     assert model.predict(torch.rand(1, 3, 20, 12), generations=2, steps=1).prob.shape == (1, 3, 20, 12)
 
 

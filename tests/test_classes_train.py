@@ -25,7 +25,9 @@ def test_exact_resume_is_bitwise_with_classes_and_ignore(tmp_path):
     cfg_a = tiny_config(max_steps=2, val_every=2, save_every=2)
     cfg_a.model.dropout = 0.1
     train(data, tmp_path / "part", cfg_a, device="cpu", progress=False)
-    train(data, tmp_path / "part", tiny_config(max_steps=4), resume=True, device="cpu", progress=False)
+    cfg_b = tiny_config(max_steps=4, val_every=2, save_every=2)
+    cfg_b.model.dropout = 0.1
+    train(data, tmp_path / "part", cfg_b, resume=True, device="cpu", progress=False)
     for a, b in zip(_weights(tmp_path / "full"), _weights(tmp_path / "part")):
         for k in a:
             assert torch.equal(a[k], b[k]), k
@@ -40,7 +42,7 @@ def _model(K: int = 3, predict_mode: str = "tile", tile_stride=None) -> SegDiff:
     cfg = tiny_config()
     cfg.model.mask_channels = K
     cfg.data.classes = tuple({"name": f"c{i}", "value": i} for i in range(K))
-    cfg.data.predict_mode, cfg.data.tile_stride = predict_mode, tile_stride
+    cfg.predict.mode, cfg.predict.tile_stride = predict_mode, tile_stride
     torch.manual_seed(0)
     model = SegDiff(cfg, "cpu")
     with torch.no_grad():

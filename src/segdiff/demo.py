@@ -65,7 +65,6 @@ def _texture(kind: int, yy: torch.Tensor, xx: torch.Tensor, g: torch.Generator) 
     ang = float(torch.rand((), generator=g)) * math.pi
     phase = float(torch.rand((), generator=g)) * 2 * math.pi
     u = xx * math.cos(ang) + yy * math.sin(ang)
-    v = -xx * math.sin(ang) + yy * math.cos(ang)
     if kind == 1:
         period = 3 + 2 * float(torch.rand((), generator=g))
         return 0.5 + 0.35 * torch.sin(2 * math.pi * u / period + phase)
@@ -381,24 +380,26 @@ def run_classes_demo(
         raise UserError(f"--classes {n_classes}: the synthetic data set has 2 or 3 foreground classes")
     out = Path(out)
     t0 = time.time()
-    data = make_classes_dataset(out / "data", channels=channels, n_classes=n_classes)
     cfg = preset("tiny")
-    if max_steps is not None:
-        cfg.train.max_steps = max_steps
-    cfg.train.max_minutes = max_minutes
+    cfg = replace(
+        cfg,
+        train=replace(
+            cfg.train, max_steps=cfg.train.max_steps if max_steps is None else max_steps, max_minutes=max_minutes
+        ),
+    ).validate()
+    cfg.predict.override({"generations": generations, "steps": steps}, cfg.diffusion.steps, cfg.data.size)  # check
+    data = make_classes_dataset(out / "data", channels=channels, n_classes=n_classes)
     run = out / "run"
     shutil.rmtree(run, ignore_errors=True)
     train_summary = train(data, run, cfg, device=device, progress=progress)
     t_train = time.time() - t0
     model = SegDiff.load(run, device=device)
     cs = model.classes
-    gens = generations or model.config.predict.generations
-    k = steps or model.config.predict.steps or model.config.diffusion.steps
+    opts = model.sampling_options(generations=generations, steps=steps)  # the preset's protocol by default
+    gens, k = opts.generations, opts.steps_for(model.config.diffusion.steps)
     pred_dir = out / "pred"
     shutil.rmtree(pred_dir, ignore_errors=True)
-    pred = predict_folder(
-        model, data / "test" / "images", pred_dir, batch_images=32, generations=gens, steps=k, progress=progress
-    )
+    pred = predict_folder(model, data / "test" / "images", pred_dir, batch_images=32, progress=progress, opts=opts)
     metrics = evaluate_dirs(pred_dir, data / "test", out=out / "metrics.json")
 
     def load(split):
@@ -414,8 +415,7 @@ def run_classes_demo(
     vis = model.predict(
         torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in test_images[:show]]),
         keys=[s.stem for s in pair_split(data / "test")[:show]],
-        generations=gens,
-        steps=k,
+        opts=opts,
     )
     classes_figure(
         out / "figure.png",
@@ -441,8 +441,8 @@ def run_classes_demo(
             "weights": Path(getattr(model, "weights_file", "")).name,
             "generations": gens,
             "sampling_steps": k,
-            "sampler": model.config.predict.sampler,
-            "variance": model.config.diffusion.variance,
+            "sampler": opts.sampler,
+            "variance": opts.variance,
             "device": str(model.device),
             "threads": torch.get_num_threads(),
         },
