@@ -229,3 +229,33 @@ def test_class_metrics():
     lab[2:6, 2:6] = 1
     bf = class_boundary_f(lab, lab, 3)
     assert bf[0] == bf[1] == 1 and np.isnan(bf[2])
+
+
+def test_batches_of_labels_one_hot_ignore_and_resampling(tmp_path):
+    """Training batches: K one-hot channels in {-1, 1}, 0 and valid = 0 on ignored pixels; geometric
+    augmentation and resizing keep labels one-hot (largest channel), the ignore label included."""
+    from conftest import make_classes_data
+    from segdiff.config import AugmentConfig
+    from segdiff.data.classes import ClassSet
+    from segdiff.data.dataset import TrainBatches, make_splits
+    from segdiff.data.transforms import resize_labels
+    from segdiff.train.loop import with_data_shape
+
+    root = make_classes_data(tmp_path / "d", splits=(("train", 3),), size=16)
+    cfg = tiny_config()
+    cfg.data.augment = AugmentConfig(scale=(0.8, 1.2), rotate=30.0, hflip=True)
+    splits = make_splits(root, 0.0, 0)
+    cfg = with_data_shape(cfg, root, splits.train)
+    assert cfg.model.mask_channels == 4 and cfg.model.image_channels == 1
+    b = TrainBatches(splits.train, cfg.data, 10, 0, channels=1)
+    image, x0, t, eps, valid = b.batch(3, 4)
+    assert image.shape == (4, 1, 16, 16) and x0.shape == eps.shape == (4, 4, 16, 16) and valid.shape == (4, 1, 16, 16)
+    assert set(x0.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    on = (x0 == 1).sum(1, keepdim=True)
+    assert torch.equal(on, valid.long())  # exactly one class where valid, none where ignored
+    assert 0 < valid.mean() < 1  # the ignored border (rotated) is there
+    cs = ClassSet.from_config(cfg.data)
+    lab = torch.tensor([[[[0, 0, 1, 1], [2, 2, 255, 255], [3, 3, 1, 1], [3, 0, 0, 0]]]], dtype=torch.uint8)
+    assert torch.equal(resize_labels(lab, (2, 2), cs.K), torch.tensor([[[[0, 1], [3, 0]]]], dtype=torch.uint8))
+    up = resize_labels(lab, (8, 8), cs.K)
+    assert set(up.unique().tolist()) == {0, 1, 2, 3, 255}
