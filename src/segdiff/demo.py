@@ -60,7 +60,7 @@ CLASS_COLORS = ((0, 0, 0), (230, 25, 75), (60, 180, 75), (0, 130, 200))
 
 def _texture(kind: int, yy: torch.Tensor, xx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Texture of class `kind` in [0.15, 0.85] with mean 0.5: 1 stripes (period 3-5 px, any angle),
-    2 checks (a product of two axis-aligned sines, period 4-5 px), 3 speckle (independent uniform pixels)."""
+    2 checks (a one-pixel checkerboard), 3 speckle (independent uniform pixels)."""
     size = yy.shape[0]
     ang = float(torch.rand((), generator=g)) * math.pi
     phase = float(torch.rand((), generator=g)) * 2 * math.pi
@@ -68,9 +68,8 @@ def _texture(kind: int, yy: torch.Tensor, xx: torch.Tensor, g: torch.Generator) 
     if kind == 1:
         period = 3 + 2 * float(torch.rand((), generator=g))
         return 0.5 + 0.35 * torch.sin(2 * math.pi * u / period + phase)
-    if kind == 2:  # axis-aligned, so that the fine pattern is not aliased by the pixel grid
-        period = 4 + float(torch.rand((), generator=g))
-        return 0.5 + 0.35 * torch.sin(2 * math.pi * xx / period + phase) * torch.sin(2 * math.pi * yy / period)
+    if kind == 2:  # a one-pixel checkerboard (axis-aligned: the pixel grid would alias anything finer)
+        return 0.5 + 0.35 * (1 - 2 * ((xx + yy + (phase > math.pi)) % 2))
     return 0.15 + 0.7 * torch.rand(size, size, generator=g)
 
 
