@@ -121,7 +121,7 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     device = model.device
 
-    pairs = [(s.stem, *load_pair(s)) for s in samples]
+    pairs = [(s.stem, *load_pair(s, channels=model.config.model.image_channels)) for s in samples]
     combos = [(spec, k) for spec in specs for k in steps]
     # compile="auto": decided once for the whole grid (every image at every sampler and number of steps)
     grid = model.sampling_options(generations=generations, sampling_steps=1, batch_generations=batch_generations)
