@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import DataError
-from .io import MASK_EXTS, _read_raw
+from .io import MASK_EXTS, _check_pixels, _open_pil, _read_raw
 
 IGNORE_INDEX = 255
 MAX_CLASSES = 254
@@ -275,9 +274,12 @@ def read_mask_raw(path: Path | str) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() in (".png", ".gif", ".bmp") and path.is_file():
         try:
-            with Image.open(path) as im:
+            with _open_pil(path) as im:
                 if im.mode == "P":
+                    _check_pixels(path, im.size[1], im.size[0])
                     return np.asarray(im)
+        except DataError:
+            raise
         except Exception as exc:  # PIL raises many types for a corrupt file
             raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
     return _read_raw(path)

@@ -207,11 +207,16 @@ def channels_last(arr: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
 def _read_tiff_channels(path: Path) -> np.ndarray:
     try:
         with tifffile.TiffFile(str(path)) as tf:
+            if not tf.series:
+                raise DataError(f"{path}: TIFF holds no image")
+            _check_pixels(path, *_tiff_hw(tuple(tf.series[0].shape)))
             page = tf.pages[0]
             arr = tf.asarray()
             alpha = page.photometric == tifffile.PHOTOMETRIC.RGB and len(page.extrasamples) > 0
+    except DataError:
+        raise
     except Exception as exc:  # tifffile raises many types for a corrupt file
-        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {str(exc)[:200]})") from None
     if arr.ndim == 4 and 1 in (arr.shape[0], arr.shape[-1]):  # a single plane stored with an extra axis
         arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
     arr = channels_last(np.squeeze(arr) if arr.ndim > 3 else arr, path)

@@ -131,15 +131,15 @@ def predict_folder(
                     pred.disagreement[j].numpy(),
                     pred.samples[j].numpy() if save_generations else None,
                 )
-                continue
-            write_prediction(
-                out,
-                p.stem,
-                pred.mask[j].numpy(),
-                pred.prob[j].numpy(),
-                pred.uncertainty[j].numpy(),
-                pred.samples[j].numpy() if save_generations else None,
-            )
+            else:
+                write_prediction(
+                    out,
+                    p.stem,
+                    pred.mask[j].numpy(),
+                    pred.prob[j].numpy(),
+                    pred.uncertainty[j].numpy(),
+                    pred.samples[j].numpy() if save_generations else None,
+                )
             locks.pop(p.stem).release(unlink=True)
             predicted += 1
             faults.point("predict.image")
