@@ -308,3 +308,11 @@ def test_resume_refuses_fixed_settings_and_records_accepted_changes(tmp_path, ca
     assert "--schedule cosine: choose one of scaled, paper" in _error(capsys, *new_run, "--schedule", "cosine")
     assert "ddpm sampler does not use eta" in _error(capsys, *new_run, "--set", "predict.eta=0.5")
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("key", ["data.mean", "data.std"])
+def test_empty_normalisation_is_refused_with_its_key(key):
+    cfg = preset("tiny")
+    cfg = replace(cfg, data=replace(cfg.data, **{key[5:]: ()}))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        cfg.validate()

@@ -181,7 +181,10 @@ class DataConfig:
     def validate(self, prefix: str = "data.") -> None:
         _at_least(self, prefix, 1, "size")
         _check(0 <= self.val_fraction < 1, prefix + "val_fraction", self.val_fraction, "must be in [0, 1)")
-        if self.std is not None:
+        for name in ("mean", "std"):  # the count per image channel is checked by RunConfig.validate
+            v = getattr(self, name)
+            _check(v is None or len(v) > 0, prefix + name, v, "expected one value per image channel, or none")
+        if self.std:
             _check(min(self.std) > 0, prefix + "std", self.std, "must be positive")
         if self.classes is not None:
             from .data.classes import ClassSet  # the classes' own checks (values, colours, ignore label)
