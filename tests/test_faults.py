@@ -428,3 +428,23 @@ def test_training_batch_that_cannot_fit_is_refused_before_work(tiny_data, tmp_pa
     with pytest.raises(UserError, match=r"training batches of 4 x 16x16 need at least .*smaller --batch-size"):
         train(tiny_data, tmp_path / "run", tiny_config(), device="cpu", progress=False)
     assert not (tmp_path / "run" / "train_state.pt").exists()
+
+
+def test_image_lock_survives_another_process_removing_the_empty_lock_folder(tmp_path, monkeypatch):
+    """Split prediction: a process that finishes removes OUT/.locks when empty, maybe between another
+    process's mkdir and open of its lock file; the lock is then taken on a second try, not a crash."""
+    from segdiff.lock import FileLock
+
+    real_open, calls = os.open, []
+
+    def racing_open(path, *args):
+        calls.append(path)
+        if len(calls) == 1:  # the other process's rmdir wins the race once
+            os.rmdir(Path(path).parent)
+        return real_open(path, *args)
+
+    monkeypatch.setattr(os, "open", racing_open)
+    lock = FileLock(tmp_path / ".locks" / "img.lock")
+    assert lock.acquire()
+    assert len(calls) == 2 and lock.path.is_file()
+    lock.release(unlink=True)

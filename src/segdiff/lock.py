@@ -31,8 +31,14 @@ class FileLock:
     def acquire(self) -> bool:
         if fcntl is None:
             return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        for attempt in range(10):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                break
+            except FileNotFoundError:  # another process removed the (empty) lock folder in between: again
+                if attempt == 9:
+                    raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
