@@ -223,6 +223,21 @@ def figure(path: Path, image, samples, prob, unc, gt, n_show: int = 4) -> None:
     plt.close(fig)
 
 
+def _tiny_config(max_steps, max_minutes, generations, steps):
+    """The demos' config: the tiny preset with the demo's length and time cap, its values checked (also the
+    prediction overrides) before any work. The time cap is a safety net for slow machines (the demo
+    promises < 10 minutes on 2 cores); the report says how many steps were run."""
+    cfg = preset("tiny")
+    cfg = replace(
+        cfg,
+        train=replace(
+            cfg.train, max_steps=cfg.train.max_steps if max_steps is None else max_steps, max_minutes=max_minutes
+        ),
+    ).validate()
+    cfg.predict.override({"generations": generations, "steps": steps}, cfg.diffusion.steps, cfg.data.size)
+    return cfg
+
+
 def run_demo(
     out: str | Path = "segdiff-demo",
     max_steps: int | None = None,
@@ -243,16 +258,7 @@ def run_demo(
     out = Path(out)
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = preset("tiny")
-    # a safety cap for slow machines (the demo promises < 10 minutes on 2 cores); the report says how many
-    # steps were run
-    cfg = replace(
-        cfg,
-        train=replace(
-            cfg.train, max_steps=cfg.train.max_steps if max_steps is None else max_steps, max_minutes=max_minutes
-        ),
-    ).validate()
-    cfg.predict.override({"generations": generations, "steps": steps}, cfg.diffusion.steps, cfg.data.size)  # check
+    cfg = _tiny_config(max_steps, max_minutes, generations, steps)
     data = make_dataset(out / "data")
     run = out / "run"
     if run.exists():
@@ -379,14 +385,7 @@ def run_classes_demo(
         raise UserError(f"--classes {n_classes}: the synthetic data set has 2 or 3 foreground classes")
     out = Path(out)
     t0 = time.time()
-    cfg = preset("tiny")
-    cfg = replace(
-        cfg,
-        train=replace(
-            cfg.train, max_steps=cfg.train.max_steps if max_steps is None else max_steps, max_minutes=max_minutes
-        ),
-    ).validate()
-    cfg.predict.override({"generations": generations, "steps": steps}, cfg.diffusion.steps, cfg.data.size)  # check
+    cfg = _tiny_config(max_steps, max_minutes, generations, steps)
     data = make_classes_dataset(out / "data", channels=channels, n_classes=n_classes)
     run = out / "run"
     shutil.rmtree(run, ignore_errors=True)
