@@ -116,3 +116,13 @@ def make_classes_data(
 
 def seed_of(split: str) -> int:
     return {"train": 1, "val": 2, "test": 3}.get(split, 4)
+
+
+def stitch(tiles, starts, h, w, weight):
+    """Blend [n, ..., tile, tile] window outputs into [..., h, w] in one go (the reference the tests hold
+    predict's streaming Stitcher to): sum(w * tile) / sum(w) per pixel."""
+    from segdiff.predict.tiling import Stitcher
+
+    s = Stitcher(h, w, weight)
+    s.add(tiles, starts)
+    return s.result()

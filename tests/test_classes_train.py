@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_classes_data, tiny_config
+from conftest import make_classes_data, stitch, tiny_config
 from segdiff.api import SegDiff
 from segdiff.train.loop import train
 
@@ -53,7 +53,7 @@ def _model(K: int = 3, predict_mode: str = "tile", tile_stride=None) -> SegDiff:
 
 def test_tiling_with_three_classes():
     from segdiff.predict.ensemble import sample_x0
-    from segdiff.predict.tiling import blend_weight, stitch, windows
+    from segdiff.predict.tiling import blend_weight, windows
 
     model = _model(3, "tile", tile_stride=8)
     x = torch.rand(1, 3, 32, 24, generator=torch.Generator().manual_seed(1))

@@ -239,6 +239,7 @@ def test_study_and_validation_resolve_auto_once_and_validation_compiles_one_shar
 
 def test_validation_with_a_shared_network_gives_the_same_scores(setup):
     from segdiff.train.distributed import DistInfo
+    from segdiff.predict.predictor import Predictor
     from segdiff.train.loop import validate, validation_options
 
     cfg = tiny_config(T)
@@ -250,11 +251,12 @@ def test_validation_with_a_shared_network_gives_the_same_scores(setup):
             p.mul_(0.9)
     pairs = [(torch.rand(3, 16, 16), (torch.rand(1, 16, 16) > 0.5).float()) for _ in range(2)]
     info = DistInfo()
-    opts = validation_options(model, cfg, [(16, 16)] * len(pairs), 1)
+    opts = validation_options(model.predictor, cfg, [(16, 16)] * len(pairs), 1)
     shared = copy.deepcopy(model.net)
     for net in (model.net, other):
-        direct = validate(model, net, pairs, cfg, info, opts)
-        assert validate(model, net, pairs, cfg, info, opts, shared) == direct
+        direct = validate(Predictor(cfg, net, "cpu"), pairs, info, opts)
+        shared.load_state_dict(net.state_dict())  # as training does when validation compiles
+        assert validate(Predictor(cfg, shared, "cpu"), pairs, info, opts) == direct
 
 
 # -- cache folder ---------------------------------------------------------------------------------------

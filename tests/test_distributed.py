@@ -94,7 +94,7 @@ def _launch(data: str, run: str) -> None:
     assert not info.owns_group and info.world == int(os.environ.get("WORLD_SIZE", "1"))
     model = SegDiff.load(run, weights="raw", device="cpu")
     val = [load_pair(s, model.classes, model.config.model.image_channels) for s in make_splits(Path(data), 0.1, 0).val]
-    scores = validate(model, model.net, val, model.config, info)
+    scores = validate(model.predictor, val, info)
     if info.main:
         Path(f"{run}.val.json").write_text(json.dumps({"summary": summary, "val": scores, "world": info.world}))
     if dist.is_initialized():
@@ -291,25 +291,37 @@ if __name__ == "__main__":
 
 
 def test_prediction_under_torchrun_uses_the_local_rank_gpu(tmp_path, monkeypatch):
-    """`segdiff predict --device cuda` (or the default on a GPU machine) under torchrun: rank r uses
-    cuda:LOCAL_RANK, not all ranks cuda:0 (checked without a GPU: the move is recorded, not made)."""
+    """`segdiff predict --device cuda` (or the default on a GPU machine) under torchrun: rank r loads the
+    model onto cuda:LOCAL_RANK, not all ranks onto cuda:0 (checked without a GPU: the device is chosen by
+    segdiff.devices.default_device, which every loader uses), and predicts its share of the folder."""
     from conftest import make_dataset, tiny_config
     from segdiff.api import SegDiff
+    from segdiff.devices import default_device
     from segdiff.predict.run import predict_folder
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert default_device("cuda") == torch.device("cuda", 1)
+    assert default_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is kept
+    assert default_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_device() == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device() == torch.device("cpu")
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("LOCAL_RANK")
+    assert default_device("cuda") == torch.device("cuda")  # alone: the current GPU
 
     data = make_dataset(tmp_path / "data", splits=(("test", 4),))
     out = tmp_path / "pred"
     (out / "masks").mkdir(parents=True)
-    for i in range(4):  # all written already: nothing runs on the (absent) GPU
+    for i in range(4):  # all written already: nothing runs
         (out / "masks" / f"img{i:02d}.png").write_bytes(b"")
     model = SegDiff(tiny_config(), "cpu")
-    moved = []
-    monkeypatch.setattr(model.net, "to", lambda device: moved.append(device))
-    model.device = torch.device("cuda")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     summary = predict_folder(model, data / "test" / "images", out, progress=False)
-    assert moved == [torch.device("cuda", 1)] and summary["device"] == "cuda:1"
+    assert model.device == torch.device("cpu") and summary["device"] == "cpu"  # the model is not moved
     assert (summary["images"], summary["skipped"], summary["part"]) == (2, 2, [1, 2])
     assert (out / "predict.part1of2.json").is_file()

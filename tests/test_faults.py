@@ -236,7 +236,7 @@ def test_damaged_weights_or_state_stop_resume_naming_the_file(small_run, tmp_pat
 
 
 def test_train_state_values_are_checked_and_code_never_runs_on_load(small_run, tmp_path):
-    from segdiff.train.checkpoint import read_train_state
+    from segdiff.checkpoint import read_train_state
 
     _, run = small_run
     r = _copy(run, tmp_path / "r")
@@ -284,7 +284,7 @@ def test_config_with_impossible_values_is_named(small_run, tmp_path):
 
 def test_full_disk_keeps_the_last_checkpoint_and_stops_clearly(tiny_data, tmp_path, monkeypatch):
     from segdiff import faults
-    from segdiff.train.checkpoint import find_checkpoint
+    from segdiff.checkpoint import find_checkpoint
     from segdiff.train.loop import train
 
     cfg = tiny_config(max_steps=4, val_every=0)
@@ -341,7 +341,7 @@ def _poison(monkeypatch, at_call: int, where: str) -> None:
 
 @pytest.mark.parametrize("where", ["loss", "grad"])
 def test_nonfinite_step_stops_the_run_and_keeps_the_last_checkpoint(tiny_data, tmp_path, monkeypatch, where):
-    from segdiff.train.checkpoint import find_checkpoint
+    from segdiff.checkpoint import find_checkpoint
     from segdiff.train.loop import NonFiniteError, train
 
     _poison(monkeypatch, at_call=4, where=where)

@@ -6,10 +6,10 @@ from itertools import pairwise
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import stitch, tiny_config
 from segdiff.api import SegDiff
 from segdiff.predict.ensemble import pad_to_stride, sample_x0
-from segdiff.predict.tiling import blend_weight, stitch, window_starts, windows
+from segdiff.predict.tiling import blend_weight, window_starts, windows
 
 TILE = 16
 OPTS = {"generations": 3, "steps": 3}
@@ -100,7 +100,7 @@ def test_one_window_equals_the_untiled_prediction():
     x = _image(TILE, TILE)
     opts = tiled.sampling_options(**OPTS)
     # [G, H, W]; the key of window 0 is ("img", "window", 0)
-    one_window = tiled._tiled(tiled.normalize(x), "img", opts)
+    one_window = tiled.predictor.sample_tiled(tiled.normalize(x), "img", opts)
     untiled = padded.predict_x0(x, keys=[("img", "window", 0)], opts=opts)[0]
     _close(one_window, untiled)
     # and predict_x0 in tile mode predicts an image of the tile size whole, as 'pad' mode does

@@ -81,7 +81,7 @@ def test_refuses_to_overwrite_a_run_and_detects_torn_checkpoint(tiny_data, tmp_p
     with pytest.raises(UserError, match="already holds a run"):
         train(tiny_data, tmp_path / "r", tiny_config(max_steps=2), device="cpu", progress=False)
     # a model file from another step than the training state: resume must refuse, not silently mix
-    from segdiff.train.checkpoint import read_weights, write_files
+    from segdiff.checkpoint import read_weights, write_files
 
     state, _ = read_weights(tmp_path / "r" / "model.safetensors")
     write_files({tmp_path / "r" / "model.safetensors": (state, {"step": 1})})

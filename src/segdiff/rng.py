@@ -53,8 +53,5 @@ class GenerationNoise:
     def __len__(self) -> int:
         return len(self.generators)
 
-    def subset(self, start: int, stop: int) -> GenerationNoise:
-        return GenerationNoise(self.generators[start:stop])
-
     def randn(self, shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
         return torch.stack([torch.randn(shape, generator=g, device=device) for g in self.generators])

@@ -126,3 +126,13 @@ def resize_labels(label: torch.Tensor, hw: tuple[int, int], K: int) -> torch.Ten
     onehot = F.one_hot(label[:, 0].long().clamp(max=K), K + 1).permute(0, 3, 1, 2).float()
     idx = resize_image(onehot, hw).argmax(1, keepdim=True)
     return torch.where(idx == K, 255, idx).to(label.dtype)
+
+
+def normalize(image: torch.Tensor, mean, std) -> torch.Tensor:
+    """[B, C, H, W] in [0, 1] -> the network's input: per channel (image - mean) / std with the training
+    set's statistics (data.mean, data.std), or image * 2 - 1 when the run has none."""
+    if mean is None or std is None:
+        return image * 2 - 1
+    mean = torch.tensor(mean, device=image.device, dtype=image.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=image.device, dtype=image.dtype).view(1, -1, 1, 1)
+    return (image - mean) / std

@@ -18,13 +18,15 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sched: Schedu
     return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
 
 
-def predict_x0(x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sched: Schedule) -> torch.Tensor:
+def x0_from_eps(x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sched: Schedule) -> torch.Tensor:
     """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. 5 solved for x0."""
     ab = _at(sched.alpha_bar, t, x_t)
     return (x_t - (1.0 - ab).sqrt() * eps) / ab.sqrt()
 
 
 def eps_from_x0(x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, sched: Schedule) -> torch.Tensor:
+    """eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t), eq. 5 solved for eps (an x0-predicting
+    network's output as the samplers' eps)."""
     ab = _at(sched.alpha_bar, t, x_t)
     return (x_t - ab.sqrt() * x0) / (1.0 - ab).sqrt()
 

@@ -85,8 +85,9 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
-class Sequential(nn.ModuleList):
-    """A list of blocks that each take (x, emb)."""
+class TimestepSequential(nn.ModuleList):
+    """A list of blocks applied in order, each taking (x, emb): the time embedding reaches every block
+    (unlike nn.Sequential, whose blocks take one input)."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for layer in self:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from .blocks import Attention, Downsample, ResBlock, Sequential, Upsample, group_norm, zero_module
+from .blocks import Attention, Downsample, ResBlock, TimestepSequential, Upsample, group_norm, zero_module
 from .embeddings import TimeEmbedding
 from .rrdb import RRDBEncoder
 
@@ -38,13 +38,13 @@ class SegDiffUNet(nn.Module):
                 ch = mult * C
                 if ds in cfg.attention_ds:
                     layers.append(Attention(ch, cfg.num_heads, groups))
-                self.encoder.append(Sequential(layers))
+                self.encoder.append(TimestepSequential(layers))
                 skip_chs.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                self.encoder.append(Sequential([Downsample(ch)]))
+                self.encoder.append(TimestepSequential([Downsample(ch)]))
                 skip_chs.append(ch)
                 ds *= 2
-        self.middle = Sequential(
+        self.middle = TimestepSequential(
             [
                 ResBlock(ch, emb_dim, ch, cfg.dropout, groups),
                 Attention(ch, cfg.num_heads, groups),
@@ -61,7 +61,7 @@ class SegDiffUNet(nn.Module):
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
                     ds //= 2
-                self.decoder.append(Sequential(layers))
+                self.decoder.append(TimestepSequential(layers))
         self.out = nn.Sequential(
             group_norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.mask_channels, 3, padding=1))
         )

@@ -17,7 +17,6 @@ import torch
 from tqdm import tqdm
 
 from .. import faults
-from ..api import SegDiff
 from ..atomic import atomic_write_text
 from ..config import PredictConfig
 from ..data.folder import list_images
@@ -33,6 +32,7 @@ from .export import (
     write_classes_json,
     write_prediction,
 )
+from .predictor import Predictor
 
 
 def read_model_image(path: Path, channels: int):
@@ -47,7 +47,7 @@ def part_of(paths: list[Path], num_parts: int, part_id: int) -> list[Path]:
 
 
 def predict_folder(
-    model: SegDiff,
+    model: Predictor,
     inputs: str | Path,
     out: str | Path,
     batch_images: int = 4,
@@ -61,7 +61,11 @@ def predict_folder(
 ) -> dict:
     """Predict every image of `inputs` into `out` with the protocol `opts` (default: the run's `predict`
     config) and `options` overriding it (PredictConfig fields, `steps` = `sampling_steps`), checked
-    before any work."""
+    before any work. `model`: a Predictor, or a SegDiff (its predictor is used).
+
+    Under torchrun each rank predicts its share; the model is expected on this rank's device (the CLI
+    loads it there: segdiff.devices.default_device maps "cuda" to cuda:LOCAL_RANK)."""
+    model = getattr(model, "predictor", model)
     out = Path(out)
     opts = model.sampling_options(opts, **options)
     if batch_images < 1:
@@ -73,9 +77,6 @@ def predict_folder(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:  # under torchrun, rank r predicts its share of the part: items I + r*P, I + (r + W)*P, ...
         num_parts, part_id = num_parts * world, part_id + int(os.environ["RANK"]) * num_parts
-        if model.device.type == "cuda" and model.device.index is None:  # plain "cuda": this rank's GPU
-            model.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            model.net.to(model.device)
     mine = part_of(paths, num_parts, part_id)
     todo = [p for p in mine if overwrite or not is_done(out, p.stem)]
     out.mkdir(parents=True, exist_ok=True)
@@ -187,11 +188,11 @@ def predict_folder(
         "seconds": seconds,
         "seconds_per_image": seconds / max(predicted, 1),
         "device": str(model.device),
-        "weights": str(getattr(model, "weights_file", "")),
+        "weights": str(model.weights_file or ""),
         # the protocol as run, with the sampling steps resolved (None = T)
         "protocol": asdict(replace(opts, sampling_steps=opts.steps_for(model.config.diffusion.steps))),
         "compile_reason": reason,  # why protocol.compile is what it is ("auto" resolved once for the folder)
-        "T": model.config.diffusion.steps,
+        "T": model.config.diffusion.steps,  # the diffusion's length (not the sampling chain's)
         "size": model.config.data.size,
     }
     name = "predict.json" if num_parts == 1 else f"predict.part{part_id}of{num_parts}.json"

@@ -62,9 +62,3 @@ class Stitcher:
     def result(self) -> torch.Tensor:
         return self.acc / self.norm
 
-
-def stitch(tiles: torch.Tensor, starts: list[tuple[int, int]], h: int, w: int, weight: torch.Tensor) -> torch.Tensor:
-    """Blend [n, ..., tile, tile] window outputs into [..., h, w]: sum(w * tile) / sum(w) per pixel."""
-    s = Stitcher(h, w, weight)
-    s.add(tiles, starts)
-    return s.result()

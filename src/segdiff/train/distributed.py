@@ -58,15 +58,6 @@ def init_distributed(device_type: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local_rank, owns_group=True)
 
 
-def resolve_device(device: str | None, info: DistInfo) -> str | None:
-    """The device of this process: None or "cuda" -> cuda:LOCAL_RANK under torchrun (cuda:0 alone)."""
-    if device is None and torch.cuda.is_available():
-        return f"cuda:{info.local_rank}"
-    if info.enabled and device == "cuda":
-        return f"cuda:{info.local_rank}"
-    return device
-
-
 def all_reduce_sum(values: list[float], device: torch.device, info: DistInfo) -> list[float]:
     if not info.enabled:
         return values

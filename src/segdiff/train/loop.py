@@ -23,8 +23,16 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import faults, rng
-from ..api import SegDiff
 from ..atomic import atomic_write_text
+from ..checkpoint import (
+    find_checkpoint,
+    load_into,
+    read_weights,
+    state_dict_cpu,
+    tidy_checkpoint,
+    write_checkpoint,
+    write_files,
+)
 from ..config import RunConfig, resume_config
 from ..data.classes import ClassSet, resolve_classes
 from ..data.dataset import (
@@ -36,27 +44,20 @@ from ..data.dataset import (
     make_splits,
     write_split,
 )
-from ..diffusion import training_loss
+from ..data.transforms import normalize
+from ..devices import default_device, synchronize
+from ..diffusion import Schedule, make_schedule, training_loss
 from ..errors import CheckpointError, UserError
 from ..lock import lock_run
 from ..memory import check_training, is_out_of_memory
 from ..metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
-from .checkpoint import (
-    find_checkpoint,
-    load_into,
-    read_weights,
-    state_dict_cpu,
-    tidy_checkpoint,
-    write_checkpoint,
-    write_files,
-)
+from ..predict.predictor import Predictor, build_network
 from .distributed import (
     DistInfo,
     all_reduce_sum,
     any_rank,
     barrier,
     init_distributed,
-    resolve_device,
     shutdown,
 )
 from .ema import EMA
@@ -65,17 +66,19 @@ from .schedule import learning_rate, probe_end, should_compile, steps_for_budget
 
 
 class LossModule(nn.Module):
-    """Wraps the network so that DistributedDataParallel sees G, F, E and D in one forward."""
+    """Eq. 18 as one module, so that DistributedDataParallel (and torch.compile) see G, F, E and D in one
+    forward: image [B, C, H, W] in [0, 1] -> normalised with the run's statistics -> G(I) -> the loss."""
 
-    def __init__(self, model: SegDiff):
+    def __init__(self, net: nn.Module, schedule: Schedule, config: RunConfig):
         super().__init__()
-        self.net = model.net
-        self._model = [model]  # not a submodule
+        self.net = net
+        self.schedule = schedule  # plain tensors, not module state
+        self.config = config
 
     def forward(self, image, x0, t, eps, valid=None):
-        model = self._model[0]
-        cond = self.net.encode_image(model.normalize(image))
-        return training_loss(self.net, x0, cond, t, eps, model.schedule, model.config.model.prediction, valid)
+        data = self.config.data
+        cond = self.net.encode_image(normalize(image, data.mean, data.std))
+        return training_loss(self.net, x0, cond, t, eps, self.schedule, self.config.model.prediction, valid)
 
 
 def _grad_norm(net: nn.Module, grad_clip: float) -> torch.Tensor:
@@ -153,51 +156,32 @@ def _class_iou(pred: torch.Tensor, gt: torch.Tensor, K: int) -> tuple[float, flo
     return (sum(ious) / len(ious), sum(dices) / len(dices)) if ious else (1.0, 1.0)
 
 
-def validation_options(model: SegDiff, cfg: RunConfig, shapes: list[tuple[int, int]], validations: int):
+def validation_options(predictor: Predictor, cfg: RunConfig, shapes: list[tuple[int, int]], validations: int):
     """The prediction protocol of validation (the run's `predict` config with the val generations and
-    steps), with compile="auto" resolved once for `validations` runs over images of `shapes` (H, W)."""
-    opts = model.sampling_options(
+    sampling steps), with compile="auto" resolved once for `validations` runs over images of `shapes` (H, W)."""
+    opts = predictor.sampling_options(
         generations=cfg.train.val_generations, sampling_steps=cfg.train.val_steps, seed=cfg.train.seed
     )
-    return model.resolve_compile(opts, shapes, repeats=validations)
+    return predictor.resolve_compile(opts, shapes, repeats=validations)
 
 
 @torch.no_grad()
-def validate(
-    model: SegDiff,
-    net: nn.Module,
-    val_pairs,
-    cfg: RunConfig,
-    info: DistInfo,
-    opts=None,
-    shared: nn.Module | None = None,
-) -> dict[str, float]:
-    """Foreground IoU and F1 on this rank's share of the val images, summed over ranks.
-
-    opts: the protocol (default `validation_options` for one run). shared: a network of the same
-    architecture that `net`'s weights are copied into and that predicts instead, so that a compiled
-    module (cached on `shared`) serves raw and EMA weights alike without compiling again.
-    """
-    if shared is not None:
-        shared.load_state_dict(net.state_dict())
-        net = shared.eval()
-    saved = model.net
-    model.net = net
-    try:
-        opts = opts or validation_options(model, cfg, [tuple(im.shape[-2:]) for im, _ in val_pairs], 1)
-        sums = [0.0, 0.0, 0.0]
-        for i in range(info.rank, len(val_pairs), info.world):
-            image, mask = val_pairs[i]
-            pred = model.predict(image, keys=[("val", i)], opts=opts).mask[0]
-            if cfg.model.mask_channels > 1:  # multi-class: mean over foreground classes
-                iou, f1 = _class_iou(pred, mask[0], cfg.model.mask_channels)
-            else:
-                c = confusion(pred.numpy(), mask[0].numpy() > 0.5)
-                iou, f1 = iou_from_confusion(c), f1_from_confusion(c)
-            sums = [sums[0] + iou, sums[1] + f1, sums[2] + 1]
-        iou, f1, n = all_reduce_sum(sums, model.device, info)
-    finally:
-        model.net = saved
+def validate(predictor: Predictor, val_pairs, info: DistInfo, opts=None) -> dict[str, float]:
+    """Foreground IoU and F1 of `predictor` (the weights to score) on this rank's share of the val images,
+    summed over ranks. opts: the protocol (default `validation_options` for one run)."""
+    cfg = predictor.config
+    opts = opts or validation_options(predictor, cfg, [tuple(im.shape[-2:]) for im, _ in val_pairs], 1)
+    sums = [0.0, 0.0, 0.0]
+    for i in range(info.rank, len(val_pairs), info.world):
+        image, mask = val_pairs[i]
+        pred = predictor.predict(image, keys=[("val", i)], opts=opts).mask[0]
+        if cfg.model.mask_channels > 1:  # multi-class: mean over foreground classes
+            iou, f1 = _class_iou(pred, mask[0], cfg.model.mask_channels)
+        else:
+            c = confusion(pred.numpy(), mask[0].numpy() > 0.5)
+            iou, f1 = iou_from_confusion(c), f1_from_confusion(c)
+        sums = [sums[0] + iou, sums[1] + f1, sums[2] + 1]
+    iou, f1, n = all_reduce_sum(sums, predictor.device, info)
     return {"iou": iou / max(n, 1), "f1": f1 / max(n, 1), "n": int(n)}
 
 
@@ -220,7 +204,7 @@ def train(
     """
     data, out = Path(data), Path(out)
     info = init_distributed("cpu" if device == "cpu" else None)
-    device = resolve_device(device, info)  # cuda:LOCAL_RANK under torchrun
+    device = default_device(device, info.local_rank if info.enabled else None)  # cuda:LOCAL_RANK under torchrun
     lock, refused = None, None
     if info.main:
         try:
@@ -228,29 +212,24 @@ def train(
         except UserError as exc:
             refused = exc
     try:
-        if any_rank(refused is not None, torch.device(device or "cpu"), info):  # every rank stops
+        if any_rank(refused is not None, device, info):  # every rank stops
             raise refused or UserError(f"{out}: another process is training this run folder (see rank 0)")
-        return _train(data, out, config, resume, device, progress, info)
+        return TrainingRun(data, out, config, resume, device, progress, info).run()
     finally:
         if lock is not None:
             lock.release()
-
-
-def _save_checkpoint(files: dict, after: int, kept: int | None) -> None:
-    try:
-        write_checkpoint(files)
-    except UserError as exc:  # a failed write (disk full): the previous checkpoint is untouched
-        prev = f"the last complete checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was saved"
-        raise UserError(f"{exc}; training stopped at step {after} and {prev}: fix this, then --resume") from exc
 
 
 class NonFiniteError(UserError):
     """The loss or a gradient became NaN or infinite."""
 
 
-def _train(data: Path, out: Path, config: RunConfig, resume: bool, device, progress: bool, info: DistInfo) -> dict:
+def run_config(out: Path, config: RunConfig | None, resume: bool) -> tuple[RunConfig, dict[str, tuple], str | None]:
+    """The config a run trains with: a new run's `config`, or on resume the saved one with the changes
+    `config` may make (config.resume_config). Returns it, the changes, and a note when a budget run's
+    fixed max_steps was kept over the one requested."""
     changes: dict[str, tuple] = {}
-    kept = None  # a budget run's fixed max_steps, kept over the one requested on resume
+    kept = None
     if resume:
         if not (out / "config.json").is_file():
             raise UserError(f"--resume: {out} holds no run to resume (no config.json); leave out --resume to start one")
@@ -268,217 +247,257 @@ def _train(data: Path, out: Path, config: RunConfig, resume: bool, device, progr
     elif (out / "train_state.pt").exists() or (out / "config.json").exists():
         raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     config.validate()
-    config = replace(config, train=replace(config.train))  # the budget fixes max_steps in this run's own copy
-    barrier(info)  # every rank has checked --out before rank 0 writes to it
-    tc = config.train
-    if tc.batch_size % info.world:
-        raise UserError(f"--batch-size {tc.batch_size} is not divisible by the {info.world} processes")
+    return replace(config, train=replace(config.train)), changes, kept  # the budget fixes max_steps in this copy
 
-    splits = make_splits(data, config.data.val_fraction, tc.seed)
-    if not resume:
-        config = with_data_shape(config, data, splits.train)
-    batches = TrainBatches(
-        splits.train,
-        config.data,
-        config.diffusion.steps,
-        tc.seed,
-        tc.t_sampling,
-        channels=config.model.image_channels,
-    )
-    if config.data.mean is None:
-        mean, std = channel_stats(batches.float_images())
-        config = replace(config, data=replace(config.data, mean=mean, std=std))  # the caller's config is unchanged
-    classes = ClassSet.from_config(config.data)
-    channels = config.model.image_channels
-    val_pairs = [load_pair(s, classes, channels) for s in splits.val[: tc.val_max_images or None]]
 
-    torch.manual_seed(tc.seed)  # initial weights and dropout; a resumed run restores its RNG state below
-    model = SegDiff(config, device)
-    ema = EMA(model.net, tc.ema_rate)
-    fused = True if model.device.type == "cuda" else None  # one kernel per step on GPU; CPU: the default
-    opt = torch.optim.AdamW(model.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
-    step, elapsed, best, skipped = 0, 0.0, {"iou": -1.0}, 0
-    pending: list[torch.Tensor] = []  # losses since the last log line, kept across a resume
-    ckpt_paths = None
-    if resume:
-        # the newest complete checkpoint: a save that was interrupted leaves the previous one complete
-        step, ckpt_paths, state = find_checkpoint(out)
-    if resume and ckpt_paths:
-        raw, _ = read_weights(ckpt_paths["model.safetensors"])
-        ema_w, _ = read_weights(ckpt_paths["ema.safetensors"])
-        load_into(model.net, raw, ckpt_paths["model.safetensors"])
-        load_into(ema.model, ema_w, ckpt_paths["ema.safetensors"])
+class TrainingRun:
+    """One run of `train`, read in order: __init__ sets it up (config, data, network, optimizer, resumed
+    state, log, validation protocol); `run` is the loop of Algorithm 2; `save`, `validate`, `fix_budget`
+    and `stop_if_nonfinite` are the things the loop does between steps."""
+
+    def __init__(self, data: Path, out: Path, config, resume: bool, device: torch.device, progress: bool, info):
+        self.data, self.out, self.info, self.progress = data, out, info, progress
+        config, changes, kept = run_config(out, config, resume)
+        barrier(info)  # every rank has checked --out before rank 0 writes to it
+        tc = config.train
+        if tc.batch_size % info.world:
+            raise UserError(f"--batch-size {tc.batch_size} is not divisible by the {info.world} processes")
+
+        splits = make_splits(data, config.data.val_fraction, tc.seed)
+        if not resume:
+            config = with_data_shape(config, data, splits.train)
+        self.batches = TrainBatches(
+            splits.train,
+            config.data,
+            config.diffusion.steps,
+            tc.seed,
+            tc.t_sampling,
+            channels=config.model.image_channels,
+        )
+        if config.data.mean is None:
+            mean, std = channel_stats(self.batches.float_images())
+            config = replace(config, data=replace(config.data, mean=mean, std=std))  # the caller's config is unchanged
+        self.config, self.tc = config, tc
+        classes = ClassSet.from_config(config.data)
+        channels = config.model.image_channels
+        self.val_pairs = [load_pair(s, classes, channels) for s in splits.val[: tc.val_max_images or None]]
+
+        torch.manual_seed(tc.seed)  # initial weights and dropout; a resumed run restores its RNG state below
+        self.device = device
+        self.net = build_network(config, device)
+        self.schedule = make_schedule(config.diffusion.steps, config.diffusion.schedule)
+        self.ema = EMA(self.net, tc.ema_rate)
+        fused = True if device.type == "cuda" else None  # one kernel per step on GPU; CPU: the default
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=fused)
+        self.step, self.elapsed, self.best, self.skipped = 0, 0.0, {"iou": -1.0}, 0
+        self.losses: list[torch.Tensor] = []  # losses since the last log line, kept across a resume
+        ckpt_paths = None
+        if resume:
+            # the newest complete checkpoint: a save that was interrupted leaves the previous one complete
+            self.step, ckpt_paths, state = find_checkpoint(out)
+        if resume and ckpt_paths:
+            self.load_checkpoint(ckpt_paths, state)
+        elif not resume and info.main:
+            out.mkdir(parents=True, exist_ok=True)
+            for tmp in out.glob(".*.partial-*"):  # left by a killed start; this process holds the run's lock
+                tmp.unlink(missing_ok=True)
+            config.save(out / "config.json")
+            write_split(out / "split.json", splits)
+        barrier(info)
+        if ckpt_paths is not None and info.main:  # every rank has read the checkpoint
+            tidy_checkpoint(out, ckpt_paths)
+        self.saved_step = self.step if ckpt_paths else None
+
+        self.log = log = RunLog(out, info.main, self.step if resume else None)
+        if resume and not ckpt_paths:
+            log.text("no complete checkpoint yet (the first save was interrupted): starting again from step 0")
+        log.text(
+            f"{'resumed at step ' + str(self.step) if resume else 'started'}: data {data}, preset {config.preset}, "
+            f"device {device}, {info.world} process(es), val: {splits.val_source} ({len(splits.val)})"
+        )
+        if resume and kept:
+            log.text(f"resumed with {kept}")
+        if changes:
+            if info.main:
+                config.save(out / "config.json")
+            log.text("settings changed on resume: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
+        check_training(config, tc.batch_size // info.world, device)  # before any work: segdiff/memory.py
+        self.setup_step()
+        self.setup_validation()
+
+    def load_checkpoint(self, paths: dict[str, Path], state: dict) -> None:
+        """Weights, EMA, optimizer, clock, best score, pending losses and RNG state of a checkpoint."""
+        raw, _ = read_weights(paths["model.safetensors"])
+        ema_w, _ = read_weights(paths["ema.safetensors"])
+        load_into(self.net, raw, paths["model.safetensors"])
+        load_into(self.ema.model, ema_w, paths["ema.safetensors"])
         try:
-            opt.load_state_dict(state["optimizer"])
+            self.opt.load_state_dict(state["optimizer"])
         except (KeyError, ValueError, TypeError) as exc:
-            raise CheckpointError(f"{ckpt_paths['train_state.pt']}: optimizer state does not fit ({exc})") from None
-        elapsed, best = float(state["elapsed"]), dict(state["best"])
-        skipped = int(state.get("skipped", 0))
-        pending = list(state.get("pending_losses", torch.zeros(0)).to(model.device).unbind())
+            raise CheckpointError(f"{paths['train_state.pt']}: optimizer state does not fit ({exc})") from None
+        self.elapsed, self.best = float(state["elapsed"]), dict(state["best"])
+        self.skipped = int(state.get("skipped", 0))
+        self.losses = list(state.get("pending_losses", torch.zeros(0)).to(self.device).unbind())
         torch.set_rng_state(state["rng"]["torch"])
         if torch.cuda.is_available() and state["rng"].get("cuda"):
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    elif not resume and info.main:
-        out.mkdir(parents=True, exist_ok=True)
-        for tmp in out.glob(".*.partial-*"):  # left by a killed start; this process holds the run's lock
-            tmp.unlink(missing_ok=True)
-        config.save(out / "config.json")
-        write_split(out / "split.json", splits)
-    barrier(info)
-    if ckpt_paths is not None and info.main:  # every rank has read the checkpoint
-        tidy_checkpoint(out, ckpt_paths)
-    saved_step = step if ckpt_paths else None
 
-    log = RunLog(out, info.main, step if resume else None)
-    if resume and not ckpt_paths:
-        log.text("no complete checkpoint yet (the first save was interrupted): starting again from step 0")
-    log.text(
-        f"{'resumed at step ' + str(step) if resume else 'started'}: data {data}, preset {config.preset}, "
-        f"device {model.device}, {info.world} process(es), val: {splits.val_source} ({len(splits.val)})"
-    )
-    if resume and kept:
-        log.text(f"resumed with {kept}")
-    if changes:
-        if info.main:
-            config.save(out / "config.json")
-        log.text("settings changed on resume: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
+    def setup_step(self) -> None:
+        """The data loader from this step on, the (DDP-wrapped, maybe compiled) loss module, precision and
+        the non-finite check's state."""
+        tc, info, device = self.tc, self.info, self.device
+        ddp = LossModule(self.net, self.schedule, self.config)
+        if info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            ddp = nn.parallel.DistributedDataParallel(ddp, device_ids=ids)
+        self.per_rank = tc.batch_size // info.world
+        start, stop = info.rank * self.per_rank, (info.rank + 1) * self.per_rank
+        self.budget = tc.budget_minutes is not None and tc.budget_fixed_at is None  # max_steps still to be fixed
+        last = _UNBOUNDED if self.budget else tc.max_steps
+        self.loader = torch.utils.data.DataLoader(
+            StepDataset(self.batches, self.step, last, tc.batch_size, start, stop),
+            batch_size=None,
+            shuffle=False,
+            num_workers=tc.num_workers,
+            persistent_workers=False,
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator(),  # the iterator draws a base seed: not from the global RNG (dropout)
+        )
+        self.amp = torch.bfloat16 if device.type == "cuda" else None
+        self.compile_mode = should_compile(tc.compile, device.type, tc.budget_minutes)
+        self.step_module = ddp
+        if self.compile_mode != "off":
+            self.step_module = torch.compile(ddp, mode=None if self.compile_mode == "default" else self.compile_mode)
+            self.log.text(
+                f"training step compiled with torch.compile (mode {self.compile_mode}; config compile={tc.compile})"
+            )
+        # a non-finite loss or gradient is detected at every step: read at once where that is free (CPU) or
+        # needed (skip_nonfinite), else kept on the device and read before anything is logged, validated or saved
+        self.read_now = tc.skip_nonfinite or device.type != "cuda"
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
 
-    check_training(config, tc.batch_size // info.world, model.device)  # before any work: segdiff/memory.py
-    loss_mod = LossModule(model)
-    ddp = loss_mod
-    if info.enabled:
-        ids = [model.device.index] if model.device.type == "cuda" else None
-        ddp = nn.parallel.DistributedDataParallel(loss_mod, device_ids=ids)
-    per_rank = tc.batch_size // info.world
-    start, stop = info.rank * per_rank, (info.rank + 1) * per_rank
-    budget = tc.budget_minutes is not None and tc.budget_fixed_at is None  # max_steps still to be fixed
-    last = _UNBOUNDED if budget else tc.max_steps
-    loader = torch.utils.data.DataLoader(
-        StepDataset(batches, step, last, tc.batch_size, start, stop),
-        batch_size=None,
-        shuffle=False,
-        num_workers=tc.num_workers,
-        persistent_workers=False,
-        pin_memory=model.device.type == "cuda",
-        generator=torch.Generator(),  # the iterator draws a base seed: not from the global RNG (dropout)
-    )
-    amp = torch.bfloat16 if model.device.type == "cuda" else None
-    compile_mode = should_compile(tc.compile, model.device.type, tc.budget_minutes)
-    step_module = ddp
-    if compile_mode != "off":
-        step_module = torch.compile(ddp, mode=None if compile_mode == "default" else compile_mode)
-        log.text(f"training step compiled with torch.compile (mode {compile_mode}; config compile={tc.compile})")
-    # a non-finite loss or gradient is detected at every step: read at once where that is free (CPU) or
-    # needed (skip_nonfinite), else kept on the device and read before anything is logged, validated or saved
-    read_now = tc.skip_nonfinite or model.device.type != "cuda"
-    first_bad = torch.full((), -1, dtype=torch.long, device=model.device)
+    def setup_validation(self) -> None:
+        """Validation's protocol, compile="auto" decided once for every validation ahead (raw and EMA each
+        time). When compiling, one shared network is compiled once and gets the raw or EMA weights copied in
+        (every rank decides for the largest share, so that ranks agree)."""
+        tc, info, val_pairs = self.tc, self.info, self.val_pairs
+        shapes = [tuple(im.shape[-2:]) for im, _ in val_pairs[: -(-len(val_pairs) // info.world)]]
+        left = 0 if self.budget else tc.max_steps - self.step  # a budget run's length is unknown yet
+        validations = 2 * (left // tc.val_every + 1 if tc.val_every else 1)
+        self.val_opts, self.val_net = None, None
+        if val_pairs:
+            probe = self.predictor(self.net)
+            self.val_opts = validation_options(probe, self.config, shapes, validations)
+            if self.val_opts.compile != "off":
+                self.val_net = copy.deepcopy(self.net).eval()
+                self.log.text(f"validation compiles ({self.val_opts.compile}): {probe.compile_decision.reason}")
 
-    def stop_if_nonfinite(bad: bool | None = None) -> None:
+    def predictor(self, net: nn.Module) -> Predictor:
+        """A Predictor over `net`'s weights as they are now (validation's; the compiled shared network,
+        when validation compiles, gets a copy of them)."""
+        if self.val_net is not None and net is not self.val_net:
+            self.val_net.load_state_dict(net.state_dict())
+            net = self.val_net
+        return Predictor(self.config, net, self.device, self.schedule)
+
+    # -- between steps ----------------------------------------------------------------------------
+    def stop_if_nonfinite(self, bad: bool | None = None) -> None:
+        """Stop (every rank) when a step's loss or gradient was not finite, naming the step."""
         if bad is None:
-            bad = int(first_bad) >= 0
-        if any_rank(bad, model.device, info):
-            at = int(first_bad) if int(first_bad) >= 0 else step
-            kept = f"the last checkpoint (step {saved_step}) is kept" if saved_step is not None else "nothing was saved"
+            bad = int(self.first_bad) >= 0
+        if any_rank(bad, self.device, self.info):
+            at = int(self.first_bad) if int(self.first_bad) >= 0 else self.step
+            kept = (
+                f"the last checkpoint (step {self.saved_step}) is kept"
+                if self.saved_step is not None
+                else "nothing was saved"
+            )
             msg = (
                 f"step {at + 1}: the loss or a gradient is not finite (NaN or Inf); training stopped and {kept} "
-                f"in {out}; resume with a lower --lr, check the data, or skip such steps with "
+                f"in {self.out}; resume with a lower --lr, check the data, or skip such steps with "
                 "--set train.skip_nonfinite=true"
             )
-            log.text(msg)
+            self.log.text(msg)
             raise NonFiniteError(msg)
 
-    def save() -> None:
-        nonlocal saved_step
-        stop_if_nonfinite()  # never save weights a non-finite step has touched
-        if info.main:
-            meta = {"step": step, "preset": config.preset}
+    def save(self) -> None:
+        """The checkpoint set (segdiff.checkpoint): raw and EMA weights, training state; rank 0 writes."""
+        self.stop_if_nonfinite()  # never save weights a non-finite step has touched
+        out, step = self.out, self.step
+        if self.info.main:
+            meta = {"step": step, "preset": self.config.preset}
             rng_state = {"torch": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng_state["cuda"] = torch.cuda.get_rng_state_all()
-            _save_checkpoint(
-                {
-                    out / "model.safetensors": (state_dict_cpu(model.net), meta),
-                    out / "ema.safetensors": (state_dict_cpu(ema.model), meta),
-                    out / "train_state.pt": (
-                        {
-                            "step": step,
-                            "elapsed": elapsed,
-                            "best": best,
-                            "optimizer": opt.state_dict(),
-                            "rng": rng_state,
-                            "world": info.world,
-                            "skipped": skipped,
-                            "pending_losses": torch.stack(losses).cpu() if losses else torch.zeros(0),
-                        },
-                        {},
-                    ),
-                },
-                after=step,
-                kept=saved_step,
-            )
-            plot_curves(log.rows(), out / "curves.png")
-        saved_step = step
-        barrier(info)
+            state = {
+                "step": step,
+                "elapsed": self.elapsed,
+                "best": self.best,
+                "optimizer": self.opt.state_dict(),
+                "rng": rng_state,
+                "world": self.info.world,
+                "skipped": self.skipped,
+                "pending_losses": torch.stack(self.losses).cpu() if self.losses else torch.zeros(0),
+            }
+            files = {
+                out / "model.safetensors": (state_dict_cpu(self.net), meta),
+                out / "ema.safetensors": (state_dict_cpu(self.ema.model), meta),
+                out / "train_state.pt": (state, {}),
+            }
+            try:
+                write_checkpoint(files)
+            except UserError as exc:  # a failed write (disk full): the previous checkpoint is untouched
+                prev = self.saved_step
+                prev = (
+                    f"the last complete checkpoint (step {prev}) is kept"
+                    if prev is not None
+                    else "no checkpoint was saved"
+                )
+                raise UserError(f"{exc}; training stopped at step {step} and {prev}: fix this, then --resume") from exc
+            plot_curves(self.log.rows(), out / "curves.png")
+        self.saved_step = step
+        barrier(self.info)
 
-    # validation's protocol, compile="auto" decided once for every validation ahead (raw and EMA each time);
-    # when compiling, one shared network is compiled once and gets the raw or EMA weights copied in
-    # (every rank decides for the largest share, so that ranks agree)
-    shapes = [tuple(im.shape[-2:]) for im, _ in val_pairs[: -(-len(val_pairs) // info.world)]]
-    left = 0 if (tc.budget_minutes is not None and tc.budget_fixed_at is None) else tc.max_steps - step  # unknown yet
-    validations = 2 * (left // tc.val_every + 1 if tc.val_every else 1)
-    val_opts = validation_options(model, config, shapes, validations) if val_pairs else None
-    val_net = None
-    if val_opts is not None and val_opts.compile != "off":
-        val_net = copy.deepcopy(model.net).eval()
-        log.text(f"validation compiles ({val_opts.compile}): {model.compile_decision.reason}")
-
-    def run_validation() -> None:
-        nonlocal best
-        if not val_pairs:
+    def validate(self) -> None:
+        """Score the raw and EMA weights on the val images; keep the better as best.safetensors when it
+        beats the best so far."""
+        if not self.val_pairs:
             return
-        stop_if_nonfinite()
-        t_val = _now()
-        nets = (("raw", model.net), ("ema", ema.model)) if tc.ema_rate else (("raw", model.net),)
-        scores = {name: validate(model, net, val_pairs, config, info, val_opts, val_net) for name, net in nets}
+        self.stop_if_nonfinite()
+        t_val, tc, step = _now(), self.tc, self.step
+        nets = (("raw", self.net), ("ema", self.ema.model)) if tc.ema_rate else (("raw", self.net),)
+        scores = {name: validate(self.predictor(net), self.val_pairs, self.info, self.val_opts) for name, net in nets}
         scores.setdefault("ema", scores["raw"])  # ema_rate 0: the EMA weights are the raw weights
         row = {"kind": "val", "step": step, **{f"{k}_{m}": v[m] for k, v in scores.items() for m in ("iou", "f1")}}
-        log.record(**row)
+        self.log.record(**row)
         which = max(scores, key=lambda k: scores[k]["iou"])
+        best = self.best
         if scores[which]["iou"] > best["iou"]:
-            best = {"iou": scores[which]["iou"], "f1": scores[which]["f1"], "weights": which, "step": step}
-            if info.main:
-                net = model.net if which == "raw" else ema.model
-                write_files({out / "best.safetensors": (state_dict_cpu(net), {"step": step, "weights": which})})
-                atomic_write_text(out / "best.json", json.dumps(best, indent=2) + "\n")
-        log.text(
+            best = self.best = {"iou": scores[which]["iou"], "f1": scores[which]["f1"], "weights": which, "step": step}
+            if self.info.main:
+                net = self.net if which == "raw" else self.ema.model
+                write_files({self.out / "best.safetensors": (state_dict_cpu(net), {"step": step, "weights": which})})
+                atomic_write_text(self.out / "best.json", json.dumps(best, indent=2) + "\n")
+        self.log.text(
             f"step {step}: val IoU raw {scores['raw']['iou']:.4f} ema {scores['ema']['iou']:.4f} "
             f"(best {best['iou']:.4f} {best.get('weights')} @ {best.get('step')}; {_now() - t_val:.1f} s)"
         )
 
-    def sync() -> None:
-        if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
-
-    first_step = step
-    pend = probe_end(tc)
-    probe_from = max(tc.budget_warmup_steps, first_step + 1)  # a resumed run measures again after one step
-    if probe_from >= pend:
-        probe_from = first_step
-    probe_t0 = None
-
-    def fix_budget() -> None:
+    def fix_budget(self) -> None:
         """Turn the budget into max_steps once (rank 0 measures; every rank takes its number)."""
-        sync()
+        tc, step, t0 = self.tc, self.step, self.t0
+        synchronize(self.device)
         now = _now()
-        done = step - probe_from
-        probe_s = (now - probe_t0) if (probe_t0 is not None and done > 0) else (now - t0)
-        probe_n = done if (probe_t0 is not None and done > 0) else max(step, 1)
+        done = step - self.probe_from
+        measured = self.probe_t0 is not None and done > 0
+        probe_s = (now - self.probe_t0) if measured else (now - t0)
+        probe_n = done if measured else max(step, 1)
         n = steps_for_budget(tc.budget_minutes * 60, now - t0, probe_s, probe_n, step)
-        n = int(all_reduce_sum([float(n) if info.main else 0.0], model.device, info)[0])
+        n = int(all_reduce_sum([float(n) if self.info.main else 0.0], self.device, self.info)[0])
         tc.max_steps, tc.budget_fixed_at = n, step
-        if info.main:
-            config.save(out / "config.json")
-        log.record(
+        if self.info.main:
+            self.config.save(self.out / "config.json")
+        self.log.record(
             kind="budget",
             step=step,
             max_steps=n,
@@ -487,133 +506,163 @@ def _train(data: Path, out: Path, config: RunConfig, resume: bool, device, progr
             seconds_per_step=probe_s / probe_n,
             probe_steps=probe_n,
         )
-        log.text(
+        self.log.text(
             f"budget {tc.budget_minutes:g} min: {probe_s / probe_n:.4f} s/step measured over steps "
             f"{step - probe_n}..{step} after {now - t0:.1f} s -> max_steps fixed at {n} (config.json)"
         )
-        bar.total = n
-        bar.refresh()
+        self.bar.total = n
+        self.bar.refresh()
 
-    t0, losses, last_log, n_steps = _now() - elapsed, pending, _now(), 0
-    waited = 0.0  # seconds spent waiting for the data loader since the last log line
-    bar = tqdm(total=tc.max_steps, initial=step, disable=not (progress and info.main), desc="train", unit="step")
-    stopped_by = "max_steps"
-    try:
-        model.net.train()
-        batches_it = iter(loader)
-        while step < tc.max_steps:
-            if budget and tc.budget_fixed_at is None:
-                if step == probe_from:
-                    sync()
-                    probe_t0 = _now()
-                # at the probe's end; earlier only if the budget is already spent (a very slow or busy machine)
-                if step >= pend or (step > first_step and _now() - t0 >= tc.budget_minutes * 60):
-                    fix_budget()
-                    if step >= tc.max_steps:
-                        break
-            tw = _now()
-            try:
-                batch = next(batches_it)  # image, x0, t, eps (and valid for multi-class data)
-            except StopIteration:
-                break
-            waited += _now() - tw
-            late = tc.max_minutes is not None and (_now() - t0) / 60 >= tc.max_minutes
-            if tc.max_minutes is not None and any_rank(late, model.device, info):  # ranks stop together
-                stopped_by = "max_minutes"
-                break
-            dev = model.device
-            batch = tuple(v.to(dev, non_blocking=True) for v in batch)
-            image = batch[0]
-            if info.enabled:  # each rank its own dropout masks, keyed so that a resumed run continues exactly
-                torch.manual_seed(rng.key(tc.seed, "dropout", info.rank, step))
-            for group in opt.param_groups:
-                group["lr"] = learning_rate(tc, step)
-            if step == first_step and compile_mode != "off":
-                tc_start = _now()
-            try:
-                loss, finite = train_step(
-                    step_module, model.net, opt, ema, batch, step, tc.grad_clip, amp, tc.skip_nonfinite
-                )
-            except RuntimeError as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                raise UserError(
-                    f"step {step + 1}: out of memory for a batch of {per_rank} x {tuple(image.shape[-2:])} on "
-                    f"{model.device}; use a smaller --batch-size (or more processes with torchrun); the last "
-                    f"checkpoint (step {saved_step}) is kept"
-                ) from None
-            if step == first_step and compile_mode != "off":
-                sync()
-                log.text(f"first step (torch.compile {compile_mode} included): {_now() - tc_start:.1f} s")
-            faults.point("train.step")
-            if tc.skip_nonfinite:
-                if not bool(finite):
-                    skipped += 1
-                    log.text(f"step {step + 1}: non-finite loss or gradient; step skipped ({skipped} so far)")
-            elif read_now:
-                if not bool(finite):
-                    first_bad.fill_(step)
-                stop_if_nonfinite(not bool(finite))
-            else:
-                first_bad = torch.where((first_bad < 0) & ~finite, step, first_bad)
-            step += 1
-            if not tc.skip_nonfinite or bool(finite):  # (no host sync unless skipping)
-                losses.append(loss.detach())
-            n_steps += 1
-            bar.update(1)
-            if step % tc.log_every == 0 or step == tc.max_steps:
-                stop_if_nonfinite()
-                local = float(torch.stack(losses).mean()) if losses else float("nan")
-                mean_loss = all_reduce_sum([local], model.device, info)[0] / info.world
-                if not math.isfinite(mean_loss) and not tc.skip_nonfinite:
-                    raise NonFiniteError(f"loss became {mean_loss} at step {step}; lower --lr or check the data")
-                now = _now()
-                log.record(
-                    kind="train",
-                    step=step,
-                    loss=mean_loss if math.isfinite(mean_loss) else None,
-                    lr=learning_rate(tc, step - 1),
-                    steps_per_s=n_steps / max(now - last_log, 1e-9),
-                    elapsed_s=now - t0,
-                    # host time blocked on the data loader / wall time of the interval (1 = starved)
-                    data_wait_frac=waited / max(now - last_log, 1e-9),
-                    **({"skipped": skipped} if tc.skip_nonfinite else {}),
-                )
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-                losses, last_log, waited, n_steps = [], now, 0.0, 0
-            elapsed = _now() - t0
-            if tc.val_every and step % tc.val_every == 0:
-                model.net.eval()
-                run_validation()
-                model.net.train()
-            if tc.save_every and step % tc.save_every == 0:
-                save()
-    except KeyboardInterrupt:
-        elapsed = _now() - t0
-        save()
-        log.text(f"interrupted at step {step}; saved")
-        raise
-    finally:
-        bar.close()
-    elapsed = _now() - t0
-    model.net.eval()
-    if val_pairs and not (tc.val_every and step % tc.val_every == 0 and stopped_by == "max_steps"):
-        run_validation()
-    save()
-    if stopped_by == "max_steps" and tc.budget_fixed_at is not None:
-        stopped_by = "budget"
-    log.text(
-        f"finished at step {step} ({stopped_by}), {elapsed:.1f} s; best val {best}"
-        + (f"; {skipped} non-finite step(s) skipped" if skipped else "")
-    )
-    shutdown(info)  # destroys the process group if init_distributed created it
-    summary = {
-        "step": step,
-        "elapsed_s": elapsed,
-        "best": best,
-        "stopped_by": stopped_by,
-        "run": str(out),
-        "max_steps": tc.max_steps,
-        "compile": compile_mode,
-    }
-    return summary | ({"skipped_nonfinite": skipped} if skipped else {})
+    def log_losses(self, n_steps: int, waited: float) -> None:
+        """The mean loss since the last log line (over ranks), lr, speed and data-wait fraction."""
+        tc, step = self.tc, self.step
+        self.stop_if_nonfinite()
+        local = float(torch.stack(self.losses).mean()) if self.losses else float("nan")
+        mean_loss = all_reduce_sum([local], self.device, self.info)[0] / self.info.world
+        if not math.isfinite(mean_loss) and not tc.skip_nonfinite:
+            raise NonFiniteError(f"loss became {mean_loss} at step {step}; lower --lr or check the data")
+        now = _now()
+        self.log.record(
+            kind="train",
+            step=step,
+            loss=mean_loss if math.isfinite(mean_loss) else None,
+            lr=learning_rate(tc, step - 1),
+            steps_per_s=n_steps / max(now - self.last_log, 1e-9),
+            elapsed_s=now - self.t0,
+            # host time blocked on the data loader / wall time of the interval (1 = starved)
+            data_wait_frac=waited / max(now - self.last_log, 1e-9),
+            **({"skipped": self.skipped} if tc.skip_nonfinite else {}),
+        )
+        self.bar.set_postfix(loss=f"{mean_loss:.4f}")
+        self.losses, self.last_log = [], now
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def take_step(self, batch) -> None:
+        """One optimizer step on `batch` (Algorithm 2's body), with its non-finite check."""
+        tc, info, step = self.tc, self.info, self.step
+        batch = tuple(v.to(self.device, non_blocking=True) for v in batch)
+        if info.enabled:  # each rank its own dropout masks, keyed so that a resumed run continues exactly
+            torch.manual_seed(rng.key(tc.seed, "dropout", info.rank, step))
+        for group in self.opt.param_groups:
+            group["lr"] = learning_rate(tc, step)
+        compiling_now = step == self.first_step and self.compile_mode != "off"
+        tc_start = _now() if compiling_now else None
+        try:
+            loss, finite = train_step(
+                self.step_module, self.net, self.opt, self.ema, batch, step, tc.grad_clip, self.amp, tc.skip_nonfinite
+            )
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise UserError(
+                f"step {step + 1}: out of memory for a batch of {self.per_rank} x {tuple(batch[0].shape[-2:])} on "
+                f"{self.device}; use a smaller --batch-size (or more processes with torchrun); the last "
+                f"checkpoint (step {self.saved_step}) is kept"
+            ) from None
+        if compiling_now:
+            synchronize(self.device)
+            self.log.text(f"first step (torch.compile {self.compile_mode} included): {_now() - tc_start:.1f} s")
+        faults.point("train.step")
+        if tc.skip_nonfinite:
+            if not bool(finite):
+                self.skipped += 1
+                self.log.text(f"step {step + 1}: non-finite loss or gradient; step skipped ({self.skipped} so far)")
+        elif self.read_now:
+            if not bool(finite):
+                self.first_bad.fill_(step)
+            self.stop_if_nonfinite(not bool(finite))
+        else:
+            self.first_bad = torch.where((self.first_bad < 0) & ~finite, step, self.first_bad)
+        self.step += 1
+        if not tc.skip_nonfinite or bool(finite):  # (no host sync unless skipping)
+            self.losses.append(loss.detach())
+
+    def run(self) -> dict:
+        tc, info = self.tc, self.info
+        self.first_step = self.step
+        pend = probe_end(tc)
+        self.probe_from = max(
+            tc.budget_warmup_steps, self.first_step + 1
+        )  # a resumed run measures again after one step
+        if self.probe_from >= pend:
+            self.probe_from = self.first_step
+        self.probe_t0 = None
+        self.t0, self.last_log, n_steps = _now() - self.elapsed, _now(), 0
+        waited = 0.0  # seconds spent waiting for the data loader since the last log line
+        self.bar = tqdm(
+            total=tc.max_steps, initial=self.step, disable=not (self.progress and info.main), desc="train", unit="step"
+        )
+        stopped_by = "max_steps"
+        try:
+            self.net.train()
+            batches_it = iter(self.loader)
+            while self.step < tc.max_steps:
+                if self.budget and tc.budget_fixed_at is None:
+                    if self.step == self.probe_from:
+                        synchronize(self.device)
+                        self.probe_t0 = _now()
+                    # at the probe's end; earlier only if the budget is already spent (a very slow or busy machine)
+                    if self.step >= pend or (
+                        self.step > self.first_step and _now() - self.t0 >= tc.budget_minutes * 60
+                    ):
+                        self.fix_budget()
+                        if self.step >= tc.max_steps:
+                            break
+                tw = _now()
+                try:
+                    batch = next(batches_it)  # image, x0, t, eps (and valid for multi-class data)
+                except StopIteration:
+                    break
+                waited += _now() - tw
+                late = tc.max_minutes is not None and (_now() - self.t0) / 60 >= tc.max_minutes
+                if tc.max_minutes is not None and any_rank(late, self.device, info):  # ranks stop together
+                    stopped_by = "max_minutes"
+                    break
+                self.take_step(batch)
+                n_steps += 1
+                self.bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                    self.log_losses(n_steps, waited)
+                    waited, n_steps = 0.0, 0
+                self.elapsed = _now() - self.t0
+                if tc.val_every and self.step % tc.val_every == 0:
+                    self.net.eval()
+                    self.validate()
+                    self.net.train()
+                if tc.save_every and self.step % tc.save_every == 0:
+                    self.save()
+        except KeyboardInterrupt:
+            self.elapsed = _now() - self.t0
+            self.save()
+            self.log.text(f"interrupted at step {self.step}; saved")
+            raise
+        finally:
+            self.bar.close()
+        return self.finish(stopped_by)
+
+    def finish(self, stopped_by: str) -> dict:
+        """The last validation and checkpoint, the closing log line, and the run's summary."""
+        tc, step = self.tc, self.step
+        self.elapsed = _now() - self.t0
+        self.net.eval()
+        if self.val_pairs and not (tc.val_every and step % tc.val_every == 0 and stopped_by == "max_steps"):
+            self.validate()
+        self.save()
+        if stopped_by == "max_steps" and tc.budget_fixed_at is not None:
+            stopped_by = "budget"
+        skipped = self.skipped
+        self.log.text(
+            f"finished at step {step} ({stopped_by}), {self.elapsed:.1f} s; best val {self.best}"
+            + (f"; {skipped} non-finite step(s) skipped" if skipped else "")
+        )
+        shutdown(self.info)  # destroys the process group if init_distributed created it
+        summary = {
+            "step": step,
+            "elapsed_s": self.elapsed,
+            "best": self.best,
+            "stopped_by": stopped_by,
+            "run": str(self.out),
+            "max_steps": tc.max_steps,
+            "compile": self.compile_mode,
+        }
+        return summary | ({"skipped_nonfinite": skipped} if skipped else {})

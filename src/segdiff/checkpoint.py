@@ -1,4 +1,7 @@
-"""The run folder's checkpoint: weights as safetensors, training state as plain types, each with a
+"""Everything that reads or writes a run folder's weights and training state (training saves and resumes
+through it; prediction loads weights through it).
+
+The run folder's checkpoint: weights as safetensors, training state as plain types, each with a
 SHA-256 digest of its content, written so that a crash at any moment keeps a complete checkpoint.
 
 A checkpoint is three files that carry its step: model.safetensors, ema.safetensors, train_state.pt.
@@ -19,11 +22,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .. import faults
-from ..atomic import fsync_dir, stale_temps, write_temp
-from ..errors import CheckpointError
+from . import faults
+from .atomic import fsync_dir, stale_temps, write_temp
+from .errors import CheckpointError, UserError
 
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "train_state.pt")
+# the weights a run folder offers for prediction: best on validation, the EMA weights, the raw weights
+WEIGHT_FILES = {"best": "best.safetensors", "ema": "ema.safetensors", "raw": "model.safetensors"}
 
 
 def prev_path(path: Path) -> Path:
@@ -234,3 +239,20 @@ def tidy_checkpoint(run: Path, paths: dict[str, Path]) -> None:
     for tmp in run.glob(".*.partial-*"):  # the caller holds the run's lock: no other writer is alive
         tmp.unlink(missing_ok=True)
     fsync_dir(run)
+
+
+def weights_path(run: Path, weights: str = "best") -> Path:
+    """The weights file of a run folder to predict with. weights: "best" (best on validation; when the run
+    has none yet, ema, then raw), "ema" or "raw". A file whose save was interrupted is taken from its .prev
+    copy. Only presence is checked here: a damaged file is an error when it is read, never a fall-back."""
+    run = Path(run)
+    if weights not in WEIGHT_FILES:
+        raise UserError(f"weights={weights!r}: choose one of {', '.join(WEIGHT_FILES)}")
+    order = {"best": ["best", "ema", "raw"], "ema": ["ema"], "raw": ["raw"]}[weights]
+    for name in order:
+        path = run / WEIGHT_FILES[name]
+        if not path.is_file() and prev_path(path).is_file():  # a checkpoint save was interrupted
+            path = prev_path(path)
+        if path.is_file():
+            return path
+    raise CheckpointError(f"{run}: no weights ({', '.join(WEIGHT_FILES[n] for n in order)}) in this run folder")
