@@ -49,7 +49,7 @@ def tiny_config(T: int = 10, **train) -> RunConfig:
                 "val_every": 2,
                 "save_every": 2,
                 "val_generations": 2,
-                "val_steps": 3,
+                "val_sampling_steps": 3,
                 **train,
             }
         ),

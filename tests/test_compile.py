@@ -72,10 +72,10 @@ def test_auto_rule_compiles_on_cuda_only_when_the_saving_repays_the_compile_time
 
 def test_network_calls_and_padded_batch_rows():
     # generations split over batches: ceil(G / bg) calls per image and step; a full batch has bg rows
-    assert compiling.calls_for(items=3, generations=30, batch_generations=16, steps=100) == 3 * 2 * 100
+    assert compiling.calls_for(items=3, generations=30, batch_generations=16, sampling_steps=100) == 3 * 2 * 100
     assert compiling.chunk_rows(images=3, generations=30, batch_generations=16) == 16
     # whole images per batch: bg // G images per call
-    assert compiling.calls_for(items=16, generations=4, batch_generations=30, steps=5) == 3 * 5
+    assert compiling.calls_for(items=16, generations=4, batch_generations=30, sampling_steps=5) == 3 * 5
     assert compiling.chunk_rows(images=16, generations=4, batch_generations=30) == 28
     assert compiling.chunk_rows(images=1, generations=4, batch_generations=30) == 4  # one image: no padding waste
 
@@ -238,8 +238,8 @@ def test_study_and_validation_resolve_auto_once_and_validation_compiles_one_shar
 
 
 def test_validation_with_a_shared_network_gives_the_same_scores(setup):
-    from segdiff.train.distributed import DistInfo
     from segdiff.predict.predictor import Predictor
+    from segdiff.train.distributed import DistInfo
     from segdiff.train.loop import validate, validation_options
 
     cfg = tiny_config(T)

@@ -98,7 +98,7 @@ def test_set_refuses_bad_keys_and_types(capsys, assignment, fragments):
         (["--set", "data.augment.crop=30"], ["multiple of the network stride"]),
         (["--set", "train.batch_size=0"], ["train.batch_size=0", "at least 1"]),
         (["--set", "train.max_minutes=-1"], ["must be positive"]),
-        (["--set", "train.val_steps=101"], ["between 1 and T = 100"]),
+        (["--set", "train.val_sampling_steps=101"], ["between 1 and T = 100"]),
         (["--set", "model.num_heads=3"], ["must divide"]),
         (["--set", "diffusion.steps=0"], ["at least 1"]),
         (["--set", "diffusion.schedule=cosine"], ["choose one of scaled, paper"]),
@@ -231,9 +231,10 @@ def test_predict_set_options_are_used_and_recorded(run_folder, tmp_path):
 
 def _old_format(cfg: RunConfig, variance: str, mode: str) -> dict:
     """config.json as commit dde3913 wrote it (variance/clip in diffusion, window options in data,
-    predict.steps)."""
+    predict.steps, train.val_steps)."""
     d = cfg.to_dict()
     p = d.pop("predict")
+    d["train"]["val_steps"] = d["train"].pop("val_sampling_steps")
     d["diffusion"].update(variance=variance, clip_x0=p["clip_x0"])
     d["data"].update(predict_mode=mode, tile_stride=p["tile_stride"], tile_blend=p["blend"])
     d["predict"] = {
@@ -255,6 +256,7 @@ def test_old_format_run_folder_loads_and_predicts_the_same(run_folder, tmp_path,
     old = SegDiff.load(old_dir, device="cpu")
     p = old.config.predict
     assert (p.variance, p.mode, p.sampling_steps, p.generations, p.blend) == ("small", "pad", 3, 2, "uniform")
+    assert old.config.train.val_sampling_steps == new.config.train.val_sampling_steps == 3  # train.val_steps
     image = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
     a = old.predict(image)
     b = new.predict(image, variance="small")

@@ -90,7 +90,7 @@ def test_ddpm_without_clipping_is_algorithm_1():
 def test_full_respacing_equals_ddpm_and_sampling_is_seeded():
     s = make_schedule(20)
     noise = _noise()
-    a = sample("ddpm", _eps_fn, noise.randn((1, 4, 4), "cpu"), s, noise, steps=20)
+    a = sample("ddpm", _eps_fn, noise.randn((1, 4, 4), "cpu"), s, noise, sampling_steps=20)
     noise = _noise()
     b = ddpm(_eps_fn, noise.randn((1, 4, 4), "cpu"), s, noise)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -120,5 +120,5 @@ def test_samplers_recover_a_known_x0(name):
         return (x - ab.sqrt() * target) / (1 - ab).sqrt()
 
     noise = _noise(2)
-    out = sample(name, eps_exact, noise.randn((1, 2, 2), "cpu"), s, noise, steps=10)
+    out = sample(name, eps_exact, noise.randn((1, 2, 2), "cpu"), s, noise, sampling_steps=10)
     torch.testing.assert_close(out, target, rtol=0, atol=1e-3 if name != "ddpm" else 0.05)

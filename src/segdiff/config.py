@@ -69,9 +69,12 @@ def _one_of(section: Any, prefix: str, name: str, choices: tuple[str, ...]) -> N
     _check(v in choices, prefix + name, v, f"choose one of {', '.join(choices)}")
 
 
-def sampling_steps(steps: int | None, T: int) -> int:
-    """The number of sampling steps K actually walked: `steps`, or all T when unset (Algorithm 1)."""
-    return T if steps is None else steps
+def chain_length(sampling_steps: int | None, T: int) -> int:
+    """The number of sampling steps K actually walked: `sampling_steps`, or all T when unset (Algorithm 1).
+
+    Names used throughout: T (`diffusion.steps`) is the diffusion's length; K (`predict.sampling_steps`,
+    `train.val_sampling_steps`) the sampling chain's; `step` / `max_steps` count optimizer steps."""
+    return T if sampling_steps is None else sampling_steps
 
 
 @dataclass
@@ -211,7 +214,7 @@ class TrainConfig:
     val_every: int = 2000  # 0 = only at the end
     save_every: int = 1000  # 0 = only at the end
     val_generations: int = 4
-    val_steps: int | None = None  # sampling steps at validation (None = T)
+    val_sampling_steps: int | None = None  # the sampling chain at validation (None = T)
     val_max_images: int | None = 16  # None or 0 = all
     seed: int = 0
     num_workers: int = 0
@@ -246,8 +249,9 @@ class TrainConfig:
         _check(0 <= self.ema_rate <= 1, prefix + "ema_rate", self.ema_rate, "must be in [0, 1]")
         if self.max_minutes is not None:
             _check(self.max_minutes > 0, prefix + "max_minutes", self.max_minutes, "must be positive (or none)")
-        if self.val_steps is not None:
-            _check(1 <= self.val_steps <= T, prefix + "val_steps", self.val_steps, f"must be between 1 and T = {T}")
+        if self.val_sampling_steps is not None:
+            k, v = prefix + "val_sampling_steps", self.val_sampling_steps
+            _check(1 <= v <= T, k, v, f"must be between 1 and T = {T}")
         _one_of(self, prefix, "lr_schedule", LR_SCHEDULES)
         _one_of(self, prefix, "t_sampling", T_SAMPLINGS)
         _one_of(self, prefix, "compile", TRAIN_COMPILE)
@@ -292,7 +296,7 @@ class PredictConfig:
 
     def steps_for(self, T: int) -> int:
         """The sampling steps K walked with a model of T diffusion steps (sampling_steps, or T when unset)."""
-        return sampling_steps(self.sampling_steps, T)
+        return chain_length(self.sampling_steps, T)
 
     @property
     def steps(self) -> int | None:
@@ -581,6 +585,7 @@ OLD_KEYS = {
     "data.tile_stride": "predict.tile_stride",
     "data.tile_blend": "predict.blend",
     "predict.steps": "predict.sampling_steps",
+    "train.val_steps": "train.val_sampling_steps",
 }
 
 
@@ -744,7 +749,7 @@ def _tiny() -> RunConfig:
             val_every=400,
             save_every=400,
             val_generations=4,
-            val_steps=5,
+            val_sampling_steps=5,
         ),
         # variance, steps and generations: the cheapest setting within 0.5 IoU points of the paper's 30 x 100
         # on the demo model's validation images (`segdiff study`, docs/results.md)
@@ -763,7 +768,7 @@ def _fast(cfg: RunConfig, name: str, lr: float, warmup: int, ema_rate: float) ->
     t = cfg.train
     t.lr, t.warmup_steps, t.ema_rate = lr, warmup, ema_rate
     t.t_sampling = "high_noise"
-    t.val_every, t.val_generations, t.val_steps, t.val_max_images = 0, 4, 5, 4
+    t.val_every, t.val_generations, t.val_sampling_steps, t.val_max_images = 0, 4, 5, 4
     t.compile = "auto"
     cfg.predict = dataclasses.replace(cfg.predict, generations=4, sampling_steps=5, sampler="ddim")
     return cfg

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..config import SAMPLERS, sampling_steps
+from ..config import SAMPLERS, chain_length
 from .schedule import Schedule
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -110,13 +110,13 @@ def sample(
     x_T: torch.Tensor,
     sched: Schedule,
     noise,
-    steps: int | None = None,
+    sampling_steps: int | None = None,
     variance: str = "large",
     eta: float = 0.0,
     clip_x0: bool = True,
 ) -> torch.Tensor:
-    """Run sampler `name` on `steps` evenly respaced timesteps of `sched` (None = all T)."""
-    chain = sched.respace(sampling_steps(steps, len(sched)))
+    """Run sampler `name` on `sampling_steps` evenly respaced timesteps of `sched` (None = all T)."""
+    chain = sched.respace(chain_length(sampling_steps, len(sched)))
     if name == "ddpm":
         return ddpm(eps_fn, x_T, chain, noise, variance, clip_x0)
     if name == "ddim":

@@ -71,12 +71,12 @@ def auto_compile(
     return CompileDecision("off", why, calls, eager, saved)
 
 
-def calls_for(items: int, generations: int, batch_generations: int, steps: int) -> int:
-    """Network calls for `items` images or windows of one shape, as sample_x0 chunks them, times `steps`."""
+def calls_for(items: int, generations: int, batch_generations: int, sampling_steps: int) -> int:
+    """Network calls for `items` images or windows of one shape, as sample_x0 chunks them, times `sampling_steps`."""
     bg = max(1, batch_generations)
     if generations >= bg:
-        return items * math.ceil(generations / bg) * steps
-    return math.ceil(items / (bg // generations)) * steps
+        return items * math.ceil(generations / bg) * sampling_steps
+    return math.ceil(items / (bg // generations)) * sampling_steps
 
 
 def chunk_rows(images: int, generations: int, batch_generations: int) -> int:
@@ -111,7 +111,9 @@ def flops_per_sample(net, size: tuple[int, int], device: torch.device) -> int:
     return cache[key]
 
 
-def decide(net, opts, device: torch.device, work: list[tuple[tuple[int, int], int]], steps: int) -> CompileDecision:
+def decide(
+    net, opts, device: torch.device, work: list[tuple[tuple[int, int], int]], sampling_steps: int
+) -> CompileDecision:
     """Resolve `opts.compile` for the work ahead: `work` = [((H, W) of a network input, images or windows)].
 
     Modes other than "auto" are returned as they are; "auto" applies `auto_compile` (no FLOP counting on a CPU).
@@ -122,7 +124,7 @@ def decide(net, opts, device: torch.device, work: list[tuple[tuple[int, int], in
         return auto_compile(device.type, 0, 0.0)
     calls, seconds = 0, 0.0
     for size, items in work:
-        n = calls_for(items, opts.generations, opts.batch_generations, steps)
+        n = calls_for(items, opts.generations, opts.batch_generations, sampling_steps)
         rows = chunk_rows(items, opts.generations, opts.batch_generations)
         calls += n
         seconds += n * rows * flops_per_sample(net, size, device) / (EAGER_TFLOPS * 1e12)

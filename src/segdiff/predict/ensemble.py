@@ -73,9 +73,9 @@ def sample_x0(
     G = opts.generations
     M = getattr(getattr(net, "cfg", None), "mask_channels", 1)
     device = image.device
-    steps = opts.steps_for(len(sched))
+    sampling_steps = opts.steps_for(len(sched))
     if opts.compile == "auto":
-        opts = replace(opts, compile=compiling.decide(net, opts, device, [((H, W), B)], steps).mode)
+        opts = replace(opts, compile=compiling.decide(net, opts, device, [((H, W), B)], sampling_steps).mode)
     fwd = prepare_net(net, opts)
     per_batch = max(1, opts.batch_generations)
     pad = opts.compile != "off"
@@ -87,10 +87,10 @@ def sample_x0(
         with autocast(device, opts.amp):
             logits = onepass_logits(fwd, cond, (B, 1, H, W))
         return torch.tanh(logits.float() / 2).expand(B, G, H, W).clone()  # (x0 + 1) / 2 = sigmoid(logits)
-    to_eps = _x0_to_eps(sched, steps) if prediction == "x0" else None
+    to_eps = _x0_to_eps(sched, sampling_steps) if prediction == "x0" else None
     out = torch.empty(B, G, M, H, W, device=device)
     all_keys = noise_keys(keys, G, opts.seed)
-    for b0, b1, g0, g1 in _chunks(B, G, per_batch):
+    for b0, b1, g0, g1 in generation_chunks(B, G, per_batch):
         chunk_keys = [k for keys_b in all_keys[b0:b1] for k in keys_b[g0:g1]]
         n = len(chunk_keys)
         c = cond[b0:b1]  # broadcast over the g1 - g0 generations of each image, no copy
@@ -109,14 +109,14 @@ def sample_x0(
             # an x0-predicting network: eps of eq. 5, so that every sampler runs its one eps code path
             return to_eps(x, t, y.float()) if to_eps is not None else y
 
-        x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, steps, opts.variance, opts.eta, opts.clip_x0)
+        x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, sampling_steps, opts.variance, opts.eta, opts.clip_x0)
         out[b0:b1, g0:g1] = x0[:n].view(b1 - b0, g1 - g0, M, H, W)
     return out[:, :, 0] if M == 1 else out
 
 
 def network_calls(batch: int, opts: PredictConfig, T: int) -> int:
-    """How many network calls `sample_x0` makes for `batch` images under `opts` on a chain of T steps."""
-    return opts.steps_for(T) * len(list(_chunks(batch, opts.generations, max(1, opts.batch_generations))))
+    """How many network calls `sample_x0` makes for `batch` images under `opts` with a model of T diffusion steps."""
+    return opts.steps_for(T) * len(list(generation_chunks(batch, opts.generations, max(1, opts.batch_generations))))
 
 
 def output_kind(net) -> str:
@@ -124,10 +124,10 @@ def output_kind(net) -> str:
     return getattr(getattr(net, "cfg", None), "prediction", "eps")
 
 
-def _x0_to_eps(sched: Schedule, steps: int):
+def _x0_to_eps(sched: Schedule, sampling_steps: int):
     """eps (eq. 5) of an x0 prediction, with the alpha_bar of the chain the sampler walks (the respaced one,
     whose last beta may be capped), so that the sampler's own x0 from this eps is the network's x0."""
-    chain = sched.respace(steps)
+    chain = sched.respace(sampling_steps)
     ab = torch.ones(len(sched), dtype=torch.float64)
     ab[chain.timesteps] = chain.alpha_bar
     values = SimpleNamespace(alpha_bar=ab)
@@ -166,7 +166,7 @@ def prepare_net(net, opts: PredictConfig):
     return cache[opts.compile]
 
 
-def _chunks(B: int, G: int, per_batch: int):
+def generation_chunks(B: int, G: int, per_batch: int):
     """Network batches of images x generations: generations of one image split when G > per_batch,
     otherwise as many whole images as fit."""
     if G >= per_batch:

@@ -61,4 +61,3 @@ class Stitcher:
 
     def result(self) -> torch.Tensor:
         return self.acc / self.norm
-

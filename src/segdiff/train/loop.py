@@ -160,7 +160,7 @@ def validation_options(predictor: Predictor, cfg: RunConfig, shapes: list[tuple[
     """The prediction protocol of validation (the run's `predict` config with the val generations and
     sampling steps), with compile="auto" resolved once for `validations` runs over images of `shapes` (H, W)."""
     opts = predictor.sampling_options(
-        generations=cfg.train.val_generations, sampling_steps=cfg.train.val_steps, seed=cfg.train.seed
+        generations=cfg.train.val_generations, sampling_steps=cfg.train.val_sampling_steps, seed=cfg.train.seed
     )
     return predictor.resolve_compile(opts, shapes, repeats=validations)
 
