@@ -10,6 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .config import BLENDS, PREDICT_MODES, PRESETS, SAMPLERS, SCHEDULES, VARIANCES
 from .errors import UserError
 
 # shortcut flags (argparse dest) -> the config key they set; `--set KEY=VALUE` reaches every key
@@ -169,25 +170,24 @@ def _demo(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segdiff", description="SegDiff: segmentation with diffusion models")
-    sub = p.add_subparsers(dest="command", required=True)
+SET_HELP = (
+    "set any config field: dotted KEY=VALUE pairs, e.g. data.size=64 data.augment.crop=64 "
+    "model.channel_mult=1,2,2 train.max_minutes=none (see `segdiff config`)"
+)
 
-    from .config import BLENDS, PREDICT_MODES, PRESETS, SAMPLERS, SCHEDULES, VARIANCES
 
-    set_help = (
-        "set any config field: dotted KEY=VALUE pairs, e.g. data.size=64 data.augment.crop=64 "
-        "model.channel_mult=1,2,2 train.max_minutes=none (see `segdiff config`)"
-    )
+def choices(values) -> str:
+    """A choice list shown in --help; the config layer checks the value (one-line errors)."""
+    return "{" + ",".join(values) + "}"
 
-    def choices(values) -> str:  # shown in --help; the config layer checks the value (one-line errors)
-        return "{" + ",".join(values) + "}"
 
-    def add_config_options(q) -> None:
-        q.add_argument("--preset", metavar=choices(PRESETS), help="start from a named config")
-        q.add_argument("--config", metavar="FILE", help="a JSON config (complete or partial; over --preset)")
-        q.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend", help=set_help)
+def add_config_options(q) -> None:
+    q.add_argument("--preset", metavar=choices(PRESETS), help="start from a named config")
+    q.add_argument("--config", metavar="FILE", help="a JSON config (complete or partial; over --preset)")
+    q.add_argument("--set", nargs="+", metavar="KEY=VALUE", action="extend", help=SET_HELP)
 
+
+def add_train_parser(sub) -> None:
     t = sub.add_parser(
         "train",
         help="train a model on ROOT/{train,val}/{images,masks}",
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=_train)
 
+
+def add_config_parser(sub) -> None:
     c = sub.add_parser(
         "config",
         help="print a complete run config (JSON) to edit and pass to train --config",
@@ -233,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="FILE", help="write it to FILE instead of printing it")
     c.set_defaults(func=_config)
 
+
+def add_predict_parser(sub) -> None:
     r = sub.add_parser(
         "predict",
         help="predict masks, probability and uncertainty maps",
@@ -276,16 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_predict)
 
-    from .metrics.cli import add_parser as add_evaluate
 
-    add_evaluate(sub)
-    from .data.prepare.cli import add_parser as add_prepare
-
-    add_prepare(sub)
-    from .serve.cli import add_parser as add_serve
-
-    add_serve(sub)
-
+def add_demo_parser(sub) -> None:
     d = sub.add_parser("demo", help="synthetic data -> train tiny -> predict -> evaluate -> report (no download)")
     d.add_argument("--out", default="segdiff-demo")
     d.add_argument("--max-steps", type=int, help="training steps (default: the tiny preset's)")
@@ -299,6 +295,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data.prepare.cli import add_parser as add_prepare
+    from .metrics.cli import add_parser as add_evaluate
+    from .serve.cli import add_parser as add_serve
+
+    p = argparse.ArgumentParser(prog="segdiff", description="SegDiff: segmentation with diffusion models")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_train_parser, add_config_parser, add_predict_parser, add_evaluate, add_prepare, add_serve):
+        add(sub)
+    add_demo_parser(sub)
     try:
         from .bench import add_parsers as add_bench
     except ImportError:

@@ -46,6 +46,57 @@ def part_of(paths: list[Path], num_parts: int, part_id: int) -> list[Path]:
     return sorted(paths)[part_id::num_parts]
 
 
+def my_part(paths: list[Path], num_parts: int | None, part_id: int | None) -> tuple[list[Path], int, int]:
+    """This process's images of a folder split into num_parts (part_id's share; under torchrun, rank r
+    takes its share of the part: items I + r*P, I + (r + W)*P, ...), and the effective (part, parts)."""
+    num_parts, part_id = num_parts or 1, part_id or 0
+    if not 0 <= part_id < num_parts:
+        raise UserError(f"--part-id {part_id}: must be between 0 and --num-parts - 1 = {num_parts - 1}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        num_parts, part_id = num_parts * world, part_id + int(os.environ["RANK"]) * num_parts
+    return part_of(paths, num_parts, part_id), part_id, num_parts
+
+
+def write_output(out: Path, stem: str, pred, j: int, classes, save_generations: bool) -> None:
+    """Write the maps of image j of a batch's Prediction as `stem` (segdiff.predict.export)."""
+    samples = pred.samples[j].numpy() if save_generations else None
+    if classes is not None:
+        maps = (pred.mask[j], pred.prob[j], pred.uncertainty[j], pred.disagreement[j])
+        write_class_prediction(out, stem, classes, *(m.numpy() for m in maps), samples)
+    else:
+        write_prediction(out, stem, pred.mask[j].numpy(), pred.prob[j].numpy(), pred.uncertainty[j].numpy(), samples)
+
+
+def predict_batch(
+    model: Predictor, items: list[tuple[Path, torch.Tensor]], opts: PredictConfig, samples: bool, full: int
+):
+    """One batch of same-size images -> Prediction. The noise of an image is keyed by its stem: the same
+    image gets the same result in any batch or part. Out of memory is a UserError saying what to lower."""
+    batch = torch.stack([im for _, im in items])
+    try:
+        return model.predict(batch, keys=[p.stem for p, _ in items], return_samples=samples, opts=opts, full_batch=full)
+    except (RuntimeError, MemoryError) as exc:
+        if not (isinstance(exc, MemoryError) or is_out_of_memory(exc)):
+            raise
+        raise UserError(
+            f"{items[0][0]}: out of memory predicting {len(items)} image(s) of {batch.shape[-1]}x"
+            f"{batch.shape[-2]} on {model.device}; use --mode tile, a smaller --batch-generations or "
+            "--batch-images 1"
+        ) from None
+
+
+def clear_partials(out: Path, mine: list[Path], todo: list[Path]) -> None:
+    """Finished images that still have a killed writer's temporary files (a killed --overwrite): tidy them."""
+    partial = stems_with_partials(out)
+    for p in mine:
+        if p.stem in partial and p not in todo:
+            lock = FileLock(out / ".locks" / f"{p.stem}.lock")
+            if lock.acquire():
+                remove_partials(out, p.stem)
+                lock.release(unlink=True)
+
+
 def predict_folder(
     model: Predictor,
     inputs: str | Path,
@@ -70,14 +121,7 @@ def predict_folder(
     opts = model.sampling_options(opts, **options)
     if batch_images < 1:
         raise UserError(f"--batch-images {batch_images}: must be at least 1")
-    paths = list_images(Path(inputs))
-    num_parts, part_id = num_parts or 1, part_id or 0
-    if not 0 <= part_id < num_parts:
-        raise UserError(f"--part-id {part_id}: must be between 0 and --num-parts - 1 = {num_parts - 1}")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:  # under torchrun, rank r predicts its share of the part: items I + r*P, I + (r + W)*P, ...
-        num_parts, part_id = num_parts * world, part_id + int(os.environ["RANK"]) * num_parts
-    mine = part_of(paths, num_parts, part_id)
+    mine, part_id, num_parts = my_part(list_images(Path(inputs)), num_parts, part_id)
     todo = [p for p in mine if overwrite or not is_done(out, p.stem)]
     out.mkdir(parents=True, exist_ok=True)
     # compile="auto": decided once for the whole folder (image sizes estimated from the first image)
@@ -87,73 +131,30 @@ def predict_folder(
         opts = model.resolve_compile(opts, [shape] * len(todo))
         reason = model.compile_decision.reason
     t0 = time.time()
-    groups: dict[tuple[int, int], list[tuple[Path, torch.Tensor]]] = {}
     bar = tqdm(total=len(todo), disable=not progress, desc="predict", unit="img")
     if progress and opts.compile != "off":
         bar.write(f"compiling the network ({opts.compile}) in the first batch: {reason}")
-    # one writer per image: a lock per output stem (OUT/.locks/<stem>.lock, gone with its process), so
-    # that parts, torchrun ranks and job arrays may share one folder; an image another process holds is left to it
-    locks: dict[str, FileLock] = {}
-    predicted, busy, done_meanwhile = 0, 0, 0
-
     classes = model.classes
     if classes is not None:
         write_classes_json(out, classes)
+    # one writer per image: a lock per output stem (OUT/.locks/<stem>.lock, gone with its process), so
+    # that parts, torchrun ranks and job arrays may share one folder; an image another process holds is left to it
+    locks: dict[str, FileLock] = {}
+    groups: dict[tuple[int, int], list[tuple[Path, torch.Tensor]]] = {}  # images of one size, batched
+    predicted, busy, done_meanwhile = 0, 0, 0
 
-    def flush(items):
+    def flush(items) -> None:
         nonlocal predicted
-        batch = torch.stack([im for _, im in items])
-        # the noise of an image is keyed by its stem: the same image gets the same result in any batch or part
-        try:
-            pred = model.predict(
-                batch,
-                keys=[p.stem for p, _ in items],
-                return_samples=save_generations,
-                opts=opts,
-                full_batch=batch_images,
-            )
-        except (RuntimeError, MemoryError) as exc:
-            if not (isinstance(exc, MemoryError) or is_out_of_memory(exc)):
-                raise
-            raise UserError(
-                f"{items[0][0]}: out of memory predicting {len(items)} image(s) of {batch.shape[-1]}x"
-                f"{batch.shape[-2]} on {model.device}; use --mode tile, a smaller --batch-generations or "
-                "--batch-images 1"
-            ) from None
+        pred = predict_batch(model, items, opts, save_generations, batch_images)
         for j, (p, _) in enumerate(items):
-            if classes is not None:
-                write_class_prediction(
-                    out,
-                    p.stem,
-                    classes,
-                    pred.mask[j].numpy(),
-                    pred.prob[j].numpy(),
-                    pred.uncertainty[j].numpy(),
-                    pred.disagreement[j].numpy(),
-                    pred.samples[j].numpy() if save_generations else None,
-                )
-            else:
-                write_prediction(
-                    out,
-                    p.stem,
-                    pred.mask[j].numpy(),
-                    pred.prob[j].numpy(),
-                    pred.uncertainty[j].numpy(),
-                    pred.samples[j].numpy() if save_generations else None,
-                )
+            write_output(out, p.stem, pred, j, classes, save_generations)
             locks.pop(p.stem).release(unlink=True)
             predicted += 1
             faults.point("predict.image")
         bar.update(len(items))
 
     try:
-        partial = stems_with_partials(out)
-        for p in mine:  # finished images with a killed writer's temporary files (a killed --overwrite)
-            if p.stem in partial and p not in todo:
-                lock = FileLock(out / ".locks" / f"{p.stem}.lock")
-                if lock.acquire():
-                    remove_partials(out, p.stem)
-                    lock.release(unlink=True)
+        clear_partials(out, mine, todo)
         for p in todo:
             lock = FileLock(out / ".locks" / f"{p.stem}.lock")
             if not lock.acquire():
