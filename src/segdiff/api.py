@@ -10,6 +10,7 @@ of weights on one device), the training loss is segdiff.diffusion's, checkpoints
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -128,27 +129,9 @@ class SegDiff:
         (Predictor.sample_generations)."""
         return self.predictor.sample_generations(image, keys, opts, on_step, full_batch)
 
-    def predict(
-        self,
-        image,
-        generations: int | None = None,
-        steps: int | None = None,
-        sampler: str | None = None,
-        seed: int | None = None,
-        keys: list | None = None,
-        return_samples: bool = False,
-        opts: PredictConfig | None = None,
-        on_step: Callable[[], None] | None = None,
-        full_batch: int | None = None,
-        **options,
-    ) -> Prediction:
-        """Multiple generations (paper 4.1) -> Prediction with tensors on the CPU (Predictor.predict).
-
-        image: [H, W, 3] array or [3, H, W] / [B, 3, H, W] tensor in [0, 1]; steps: the sampling chain's
-        length; `options`: any other PredictConfig field (e.g. variance="small", mode="tile")."""
-        return self.predictor.predict(
-            image, generations, steps, sampler, seed, keys, return_samples, opts, on_step, full_batch, **options
-        )
+    @functools.wraps(Predictor.predict)
+    def predict(self, *args, **kwargs) -> Prediction:
+        return self.predictor.predict(*args, **kwargs)
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

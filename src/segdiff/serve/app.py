@@ -105,7 +105,7 @@ def create_app(
             opts, T = model.sampling_options(), len(model.schedule)
             out["model"] = {
                 "run": run_name,
-                "weights": Path(str(getattr(model, "weights_file", ""))).name,
+                "weights": Path(str(model.weights_file or "")).name,
                 "device": str(model.device),
                 "T": T,
                 "size": model.config.data.size,
