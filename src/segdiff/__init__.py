@@ -5,11 +5,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # lazy, so that `import segdiff` and the CLI's --help stay fast
-    if name in ("SegDiff", "Prediction"):
+    if name in ("SegDiff", "Prediction", "Predictor"):
         from . import api
 
         return getattr(api, name)
     raise AttributeError(name)
 
 
-__all__ = ["SegDiff", "Prediction", "__version__"]
+__all__ = ["SegDiff", "Prediction", "Predictor", "__version__"]
