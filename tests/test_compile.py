@@ -240,7 +240,7 @@ def test_study_and_validation_resolve_auto_once_and_validation_compiles_one_shar
 def test_validation_with_a_shared_network_gives_the_same_scores(setup):
     from segdiff.predict.predictor import Predictor
     from segdiff.train.distributed import DistInfo
-    from segdiff.train.loop import validate, validation_options
+    from segdiff.train.validation import validate, validation_options
 
     cfg = tiny_config(T)
     model = SegDiff(cfg, "cpu")

@@ -79,7 +79,8 @@ def _launch(data: str, run: str) -> None:
     from segdiff.api import SegDiff
     from segdiff.data.dataset import load_pair, make_splits
     from segdiff.train.distributed import init_distributed
-    from segdiff.train.loop import train, validate
+    from segdiff.train.loop import train
+    from segdiff.train.validation import validate
 
     torch.set_num_threads(1)
     cfg = tiny_config(max_steps=STEPS, val_every=2, save_every=2, log_every=1)  # batch 4, dropout 0

@@ -10,7 +10,6 @@ losses and weights as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import math
@@ -44,16 +43,13 @@ from ..data.dataset import (
     make_splits,
     write_split,
 )
-from ..data.transforms import normalize
 from ..devices import default_device, synchronize
-from ..diffusion import Schedule, make_schedule, training_loss
+from ..diffusion import make_schedule
 from ..errors import CheckpointError, UserError
 from ..lock import lock_run
 from ..memory import check_training, is_out_of_memory
-from ..metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
 from ..predict.predictor import Predictor, build_network
 from .distributed import (
-    DistInfo,
     all_reduce_sum,
     any_rank,
     barrier,
@@ -63,60 +59,8 @@ from .distributed import (
 from .ema import EMA
 from .logging import RunLog, plot_curves
 from .schedule import learning_rate, probe_end, should_compile, steps_for_budget
-
-
-class LossModule(nn.Module):
-    """Eq. 18 as one module, so that DistributedDataParallel (and torch.compile) see G, F, E and D in one
-    forward: image [B, C, H, W] in [0, 1] -> normalised with the run's statistics -> G(I) -> the loss."""
-
-    def __init__(self, net: nn.Module, schedule: Schedule, config: RunConfig):
-        super().__init__()
-        self.net = net
-        self.schedule = schedule  # plain tensors, not module state
-        self.config = config
-
-    def forward(self, image, x0, t, eps, valid=None):
-        data = self.config.data
-        cond = self.net.encode_image(normalize(image, data.mean, data.std))
-        return training_loss(self.net, x0, cond, t, eps, self.schedule, self.config.model.prediction, valid)
-
-
-def _grad_norm(net: nn.Module, grad_clip: float) -> torch.Tensor:
-    """The gradients' total norm (non-finite iff a gradient is), clipping them to grad_clip when set."""
-    if grad_clip:
-        return torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
-    if hasattr(torch.nn.utils, "get_total_norm"):
-        return torch.nn.utils.get_total_norm(grads)
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-
-
-def train_step(
-    loss_fn, net: nn.Module, opt, ema: EMA, batch, step: int, grad_clip: float, amp, skip_nonfinite: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of Algorithm 2: loss (under CUDA autocast to `amp` when given), backward, gradient
-    clipping, optimizer step, EMA update. Also what `segdiff benchmark` times as our training step.
-
-    Returns the loss and a flag (a 0-d bool tensor, on the loss's device, not synchronised) that is
-    False when the loss or the gradients' norm is not finite. With skip_nonfinite such a step leaves the
-    weights, optimizer and EMA as they were (this reads the flag on the host: one sync per step; under
-    torchrun the ranks agree through an all-reduce)."""
-    with torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext():
-        loss = loss_fn(*batch)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    finite = torch.isfinite(loss.detach()) & torch.isfinite(_grad_norm(net, grad_clip))
-    if skip_nonfinite:
-        ok = finite.to(torch.int32)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
-        if not bool(ok):
-            opt.zero_grad(set_to_none=True)
-            return loss, ok.bool()
-    opt.step()
-    ema.update(net, step)
-    return loss, finite
-
+from .step import LossModule, train_step
+from .validation import validate, validation_options
 
 _now = time.time  # the loop's clock (a test replaces it to make the budget's throughput probe deterministic)
 
@@ -139,50 +83,6 @@ def with_data_shape(config: RunConfig, data: Path, train_samples) -> RunConfig:
         mask_channels=1 if classes is None else classes.K,
     )
     return replace(config, model=model_cfg, data=data_cfg)
-
-
-def _class_iou(pred: torch.Tensor, gt: torch.Tensor, K: int) -> tuple[float, float]:
-    """Mean over foreground classes (1..K-1) present in prediction or truth of IoU and Dice; ignored
-    pixels (gt >= K) left out; 1, 1 when no foreground class is present in either."""
-    keep = gt < K
-    p, g = pred[keep].long(), gt[keep].long()
-    ious, dices = [], []
-    for k in range(1, K):
-        pk, gk = p == k, g == k
-        tp, fp, fn = int((pk & gk).sum()), int((pk & ~gk).sum()), int((~pk & gk).sum())
-        if tp + fp + fn:
-            ious.append(tp / (tp + fp + fn))
-            dices.append(2 * tp / (2 * tp + fp + fn))
-    return (sum(ious) / len(ious), sum(dices) / len(dices)) if ious else (1.0, 1.0)
-
-
-def validation_options(predictor: Predictor, cfg: RunConfig, shapes: list[tuple[int, int]], validations: int):
-    """The prediction protocol of validation (the run's `predict` config with the val generations and
-    sampling steps), with compile="auto" resolved once for `validations` runs over images of `shapes` (H, W)."""
-    opts = predictor.sampling_options(
-        generations=cfg.train.val_generations, sampling_steps=cfg.train.val_sampling_steps, seed=cfg.train.seed
-    )
-    return predictor.resolve_compile(opts, shapes, repeats=validations)
-
-
-@torch.no_grad()
-def validate(predictor: Predictor, val_pairs, info: DistInfo, opts=None) -> dict[str, float]:
-    """Foreground IoU and F1 of `predictor` (the weights to score) on this rank's share of the val images,
-    summed over ranks. opts: the protocol (default `validation_options` for one run)."""
-    cfg = predictor.config
-    opts = opts or validation_options(predictor, cfg, [tuple(im.shape[-2:]) for im, _ in val_pairs], 1)
-    sums = [0.0, 0.0, 0.0]
-    for i in range(info.rank, len(val_pairs), info.world):
-        image, mask = val_pairs[i]
-        pred = predictor.predict(image, keys=[("val", i)], opts=opts).mask[0]
-        if cfg.model.mask_channels > 1:  # multi-class: mean over foreground classes
-            iou, f1 = _class_iou(pred, mask[0], cfg.model.mask_channels)
-        else:
-            c = confusion(pred.numpy(), mask[0].numpy() > 0.5)
-            iou, f1 = iou_from_confusion(c), f1_from_confusion(c)
-        sums = [sums[0] + iou, sums[1] + f1, sums[2] + 1]
-    iou, f1, n = all_reduce_sum(sums, predictor.device, info)
-    return {"iou": iou / max(n, 1), "f1": f1 / max(n, 1), "n": int(n)}
 
 
 def train(
