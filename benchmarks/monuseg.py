@@ -64,9 +64,9 @@ from segdiff.atomic import atomic_write_text
 from segdiff.bench.select import choose_setting
 from segdiff.config import AugmentConfig, RunConfig, preset
 from segdiff.data.folder import pair_split
-from segdiff.data.io import read_image, read_mask, write_mask, write_png
+from segdiff.data.io import read_image, read_mask, read_prob, write_mask, write_png
 from segdiff.errors import UserError
-from segdiff.metrics.evaluate import evaluate_dirs, read_prob
+from segdiff.metrics.evaluate import evaluate_dirs
 from segdiff.metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
 from segdiff.predict.ensemble import sample_x0
 from segdiff.predict.run import predict_folder

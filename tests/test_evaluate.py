@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from segdiff.data.io import to_u8, write_mask, write_png
+from segdiff.data.io import read_prob, to_u8, write_mask, write_png
 from segdiff.errors import DataError, UserError
 from segdiff.metrics import cli
 from segdiff.metrics.boundary import boundf
 from segdiff.metrics.calibration import CalibrationAccumulator
-from segdiff.metrics.evaluate import evaluate_dirs, format_table, read_prob, score_pair, summarize
+from segdiff.metrics.evaluate import evaluate_dirs, format_table, score_pair, summarize
 from segdiff.metrics.overlap import f1, iou
 from segdiff.metrics.wcov import wcov_paper, weighted_coverage
 

@@ -1,6 +1,6 @@
 """SegDiff: image segmentation with diffusion probabilistic models (Amit et al., 2021)."""
 
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def __getattr__(name):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .io import MASK_EXTS, _check_pixels, _open_pil, _read_raw
+from .io import MASK_EXTS, check_pixels, open_pil, read_raw
 
 IGNORE_INDEX = 255
 MAX_CLASSES = 254
@@ -274,15 +274,15 @@ def read_mask_raw(path: Path | str) -> np.ndarray:
     path = Path(path)
     if path.suffix.lower() in (".png", ".gif", ".bmp") and path.is_file():
         try:
-            with _open_pil(path) as im:
+            with open_pil(path) as im:
                 if im.mode == "P":
-                    _check_pixels(path, im.size[1], im.size[0])
+                    check_pixels(path, im.size[1], im.size[0])
                     return np.asarray(im)
         except DataError:
             raise
         except Exception as exc:  # PIL raises many types for a corrupt file
             raise DataError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    return _read_raw(path)
+    return read_raw(path)
 
 
 def read_labels(path: Path | str, classes: ClassSet) -> np.ndarray:

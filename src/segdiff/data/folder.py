@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError
 from .io import IMAGE_EXTS, MASK_EXTS
 
@@ -58,16 +60,48 @@ def pair_split(split_dir: Path, require_masks: bool = True) -> list[Sample]:
     if not require_masks and not (split_dir / "masks").is_dir():
         return [Sample(s, p, None) for s, p in images.items()]
     masks = list_files(split_dir / "masks", MASK_EXTS, "mask")
-    missing = sorted(set(images) - set(masks))
-    extra = sorted(set(masks) - set(images))
-    if missing:
-        raise DataError(
-            f"{images[missing[0]]}: no mask with stem '{missing[0]}' in {split_dir / 'masks'}"
-            + (f" ({len(missing)} images unpaired)" if len(missing) > 1 else "")
-        )
-    if extra:
-        raise DataError(
-            f"{masks[extra[0]]}: no image with stem '{extra[0]}' in {split_dir / 'images'}"
-            + (f" ({len(extra)} masks unpaired)" if len(extra) > 1 else "")
-        )
+    check_paired(images, masks, "mask", split_dir / "masks", noun="images")
+    check_paired(masks, images, "image", split_dir / "images", noun="masks")
     return [Sample(s, images[s], masks[s]) for s in sorted(images)]
+
+
+def check_paired(
+    files: dict[str, Path], other: dict[str, Path], other_what: str, other_dir: Path, noun: str = "files"
+) -> None:
+    """Every stem of `files` must have a file in `other` (stem -> path, as `list_files` returns): the first
+    unpaired file is a DataError naming it, `other_what` and `other_dir`, with the count of unpaired `noun`."""
+    unpaired = sorted(set(files) - set(other))
+    if unpaired:
+        more = f" ({len(unpaired)} {noun} unpaired)" if len(unpaired) > 1 else ""
+        raise DataError(f"{files[unpaired[0]]}: no {other_what} with stem '{unpaired[0]}' in {other_dir}{more}")
+
+
+def check_same_size(a: np.ndarray, a_path: Path, b: np.ndarray, b_path: Path) -> None:
+    """Maps [H, W] read from two paired files must have the same size: a DataError naming both files."""
+    if a.shape != b.shape:
+        raise DataError(f"{a_path}: size {a.shape[1]}x{a.shape[0]} differs from {b_path} ({b.shape[1]}x{b.shape[0]})")
+
+
+# Lower rank wins when one stem has several probability files (predict writes <stem>.tif and <stem>.png).
+PROB_RANK = {".tif": 0, ".tiff": 0, ".npy": 1, ".png": 2}
+
+
+def list_prob_files(folder: Path) -> dict[str, Path]:
+    """Map stem -> probability map (`io.read_prob` reads it), preferring .tif/.tiff over .npy over .png for
+    the same stem; two maps of one stem and rank, or none at all, are DataErrors."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: probability folder not found")
+    found: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        rank = PROB_RANK.get(p.suffix.lower())
+        if rank is None or not p.is_file() or p.name.startswith("."):
+            continue
+        old = found.get(p.stem)
+        if old is not None and PROB_RANK[old.suffix.lower()] == rank:
+            raise DataError(f"{p}: two probability maps share the stem '{p.stem}' ({old.name})")
+        if old is None or rank < PROB_RANK[old.suffix.lower()]:
+            found[p.stem] = p
+    if not found:
+        raise DataError(f"{folder}: no probability maps ({', '.join(PROB_RANK)}) in this folder")
+    return found

@@ -39,7 +39,9 @@ def max_pixels() -> int:
     return n if n > 0 else 0
 
 
-def _check_pixels(path: Path, h: int, w: int) -> None:
+def check_pixels(path: Path, h: int, w: int) -> None:
+    """Refuse an image of h x w pixels over `max_pixels()` (from its header, before decoding it): a DataError
+    naming `path`."""
     limit = max_pixels()
     if limit and h * w > limit:
         raise DataError(
@@ -54,8 +56,9 @@ def _tiff_hw(shape: tuple[int, ...]) -> tuple[int, int]:
     return (shape[0], shape[1]) if len(shape) >= 2 else (1, shape[0] if shape else 1)
 
 
-def _open_pil(path: Path) -> Image.Image:
-    """Open (headers only: no pixels decoded yet) with PIL's own bomb check left to `_check_pixels`."""
+def open_pil(path: Path) -> Image.Image:
+    """Open an image with PIL (headers only: no pixels decoded yet); PIL's own decompression-bomb check is
+    off, so the caller checks the size with `check_pixels` before reading the pixels."""
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
@@ -64,7 +67,9 @@ def _open_pil(path: Path) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def _read_raw(path: Path) -> np.ndarray:
+def read_raw(path: Path) -> np.ndarray:
+    """A PNG, JPEG, TIFF, BMP or GIF file's pixels as stored: [H, W] or [H, W, C] in the file's dtype (palette
+    images expanded to RGB/RGBA, CMYK converted to RGB, planar TIFFs made channels-last); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -73,11 +78,11 @@ def _read_raw(path: Path) -> np.ndarray:
             with tifffile.TiffFile(str(path)) as tif:
                 if not tif.series:
                     raise DataError(f"{path}: TIFF holds no image")
-                _check_pixels(path, *_tiff_hw(tuple(tif.series[0].shape)))
+                check_pixels(path, *_tiff_hw(tuple(tif.series[0].shape)))
                 arr = tif.asarray()
         else:
-            with _open_pil(path) as im:
-                _check_pixels(path, im.size[1], im.size[0])
+            with open_pil(path) as im:
+                check_pixels(path, im.size[1], im.size[0])
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                 elif im.mode == "CMYK":
@@ -122,7 +127,7 @@ def _check_finite(arr: np.ndarray, path, what: str) -> None:
 
 def read_image(path: Path | str) -> np.ndarray:
     """Read an image as float32 [H, W, 3] in [0, 1]."""
-    arr = _read_raw(Path(path))
+    arr = read_raw(Path(path))
     if arr.ndim == 2:
         arr = arr[..., None]
     c = arr.shape[-1]
@@ -140,7 +145,7 @@ def read_image(path: Path | str) -> np.ndarray:
 def read_mask(path: Path | str) -> np.ndarray:
     """Read a binary mask as bool [H, W]; any two values, the larger is foreground."""
     path = Path(path)
-    arr = _read_raw(path)
+    arr = read_raw(path)
     if arr.ndim == 3:
         if arr.shape[-1] in (2, 4):
             arr = arr[..., :-1]  # drop alpha
@@ -159,6 +164,54 @@ def read_mask(path: Path | str) -> np.ndarray:
     if len(values) == 1:
         return np.full(arr.shape, bool(values[0] != 0))
     return arr == values[1]
+
+
+# Float probability maps a hair outside [0, 1] (interpolation, float32 sums) are clipped, not refused.
+PROB_SLACK = 1e-4
+
+
+def read_prob(path: Path | str) -> np.ndarray:
+    """Read a foreground probability map as float32 [H, W] in [0, 1]: a TIFF or .npy (floats in [0, 1];
+    integers scaled by their dtype's maximum) or an 8/16-bit single-channel PNG; errors name the file."""
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext == ".png":
+        rgb = read_image(path)  # 8- or 16-bit, scaled to [0, 1]; gray is replicated to 3 channels
+        if not (rgb == rgb[..., :1]).all():
+            raise DataError(f"{path}: probability map has channels that differ; save it single-channel")
+        return rgb[..., 0]
+    try:
+        arr = np.load(path, allow_pickle=False) if ext == ".npy" else tifffile.imread(str(path))
+    except Exception as exc:  # numpy and tifffile raise many types for a corrupt file
+        raise DataError(f"{path}: cannot read probability map ({type(exc).__name__}: {exc})") from None
+    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+        arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
+    if arr.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D probability map [H, W], got shape {arr.shape}")
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: probability map holds NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < -PROB_SLACK or hi > 1 + PROB_SLACK:
+            raise DataError(f"{path}: probabilities must lie in [0, 1], found values in [{lo:g}, {hi:g}]")
+        return np.clip(arr, 0.0, 1.0).astype(np.float32)
+    return to_unit_float(arr, path)  # bool or integer: scaled by the dtype's maximum
+
+
+def read_class_prob(path: Path | str, K: int) -> np.ndarray:
+    """Read K class probabilities as float32 [K, H, W] in [0, 1] (a channels-first TIFF as predict writes
+    it, or .npy); errors name the file."""
+    path = Path(path)
+    try:
+        arr = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else tifffile.imread(str(path))
+    except Exception as exc:  # numpy and tifffile raise many types for a corrupt file
+        raise DataError(f"{path}: cannot read probability map ({type(exc).__name__}: {exc})") from None
+    if arr.ndim != 3 or arr.shape[0] != K:
+        raise DataError(f"{path}: expected class probabilities [{K}, H, W] (one plane per class), got {arr.shape}")
+    arr = arr.astype(np.float32)
+    if not np.isfinite(arr).all() or arr.min() < -PROB_SLACK or arr.max() > 1 + PROB_SLACK:
+        raise DataError(f"{path}: class probabilities must be finite and within [0, 1]")
+    return np.clip(arr, 0, 1)
 
 
 def write_png(path: Path | str, arr: np.ndarray) -> None:
@@ -209,7 +262,7 @@ def _read_tiff_channels(path: Path) -> np.ndarray:
         with tifffile.TiffFile(str(path)) as tf:
             if not tf.series:
                 raise DataError(f"{path}: TIFF holds no image")
-            _check_pixels(path, *_tiff_hw(tuple(tf.series[0].shape)))
+            check_pixels(path, *_tiff_hw(tuple(tf.series[0].shape)))
             page = tf.pages[0]
             arr = tf.asarray()
             alpha = page.photometric == tifffile.PHOTOMETRIC.RGB and len(page.extrasamples) > 0
@@ -235,7 +288,7 @@ def read_image_channels(path: Path | str) -> np.ndarray:
             raise DataError(f"{path}: file not found")
         arr = _read_tiff_channels(path)
     else:
-        arr = _read_raw(path)
+        arr = read_raw(path)
         if arr.ndim == 2:
             arr = arr[..., None]
         if arr.shape[-1] in (2, 4):

@@ -12,7 +12,7 @@ from .boundary import (
     seg2bmap,
 )
 from .calibration import BinStats, CalibrationAccumulator, calibration_score, plot_reliability
-from .evaluate import evaluate_dirs, format_table, read_prob, score_pair, summarize
+from .evaluate import evaluate_dirs, format_table, score_pair, summarize
 from .overlap import Confusion, confusion, f1, f1_pooled, iou, iou_pooled
 from .wcov import wcov_paper, weighted_coverage
 
@@ -34,7 +34,6 @@ __all__ = [
     "iou",
     "iou_pooled",
     "plot_reliability",
-    "read_prob",
     "score_pair",
     "seg2bmap",
     "summarize",

@@ -68,7 +68,9 @@ class BoundaryScore:
     recall: float
 
 
-def _score_from_bmaps(fg_b: np.ndarray, gt_b: np.ndarray, tolerance_px: int) -> BoundaryScore:
+def score_from_bmaps(fg_b: np.ndarray, gt_b: np.ndarray, tolerance_px: int) -> BoundaryScore:
+    """Boundary F, precision, recall from boundary maps (`seg2bmap` of prediction and ground truth) at one
+    tolerance in whole pixels (>= 1, not checked here); reuse the maps to score several tolerances or classes."""
     n_fg, n_gt = int(np.count_nonzero(fg_b)), int(np.count_nonzero(gt_b))
     if n_fg == 0 or n_gt == 0:
         # DAVIS: nothing to match on one side; the empty side is "perfectly precise / fully recalled".
@@ -87,7 +89,7 @@ def _score_from_bmaps(fg_b: np.ndarray, gt_b: np.ndarray, tolerance_px: int) -> 
 def boundary_score(pred: np.ndarray, gt: np.ndarray, tolerance_px: int) -> BoundaryScore:
     """Boundary F, precision, recall of masks pred, gt: [H, W] at one tolerance in pixels (>= 1)."""
     pred, gt = as_mask_pair(pred, gt)
-    return _score_from_bmaps(seg2bmap(pred), seg2bmap(gt), _tolerance(tolerance_px))
+    return score_from_bmaps(seg2bmap(pred), seg2bmap(gt), _tolerance(tolerance_px))
 
 
 def boundary_f_per_tolerance(
@@ -96,7 +98,7 @@ def boundary_f_per_tolerance(
     """Boundary F at each tolerance {d: F_d}; the boundary maps are computed once for all d."""
     pred, gt = as_mask_pair(pred, gt)
     fg_b, gt_b = seg2bmap(pred), seg2bmap(gt)
-    return {d: _score_from_bmaps(fg_b, gt_b, d).f for d in map(_tolerance, tolerances)}
+    return {d: score_from_bmaps(fg_b, gt_b, d).f for d in map(_tolerance, tolerances)}
 
 
 def boundf(pred: np.ndarray, gt: np.ndarray, tolerances: Iterable[int] = TOLERANCES_PX) -> float:

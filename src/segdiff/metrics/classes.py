@@ -16,7 +16,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
-from .boundary import TOLERANCES_PX, _score_from_bmaps, seg2bmap
+from .boundary import TOLERANCES_PX, score_from_bmaps, seg2bmap
 
 
 def confusion_matrix(pred: np.ndarray, gt: np.ndarray, K: int) -> np.ndarray:
@@ -57,7 +57,7 @@ def class_boundary_f(pred: np.ndarray, gt: np.ndarray, K: int, tolerances=TOLERA
         if not (pk.any() or gk.any()):
             continue
         bp, bg = seg2bmap(pk) & ~near_ignore, seg2bmap(gk) & ~near_ignore
-        out[k] = float(np.mean([_score_from_bmaps(bp, bg, d).f for d in tolerances]))
+        out[k] = float(np.mean([score_from_bmaps(bp, bg, d).f for d in tolerances]))
     return out
 
 

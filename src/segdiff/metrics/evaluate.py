@@ -14,27 +14,19 @@ bin sums are kept, so the dataset never sits in memory.
 
 from __future__ import annotations
 
-import csv
-import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
-from ..data.folder import list_files
-from ..data.io import MASK_EXTS, read_image, read_mask, to_unit_float
-from ..errors import DataError, UserError
+from ..data.folder import check_paired, check_same_size, list_prob_files
+from ..data.io import read_mask, read_prob
+from ..errors import UserError
 from .boundary import TOLERANCES_PX, boundary_f_per_tolerance
 from .calibration import CalibrationAccumulator
+from .evaluate_classes import evaluate_class_dirs, find_classes
+from .files import output_paths, pair_masks, resolve_gt, resolve_pred, write_reliability, write_rows_csv, write_summary
 from .overlap import Confusion, confusion, f1_from_confusion, f1_pooled, iou_from_confusion, iou_pooled
 from .wcov import wcov_paper, weighted_coverage
-
-# Lower rank wins when one stem has several probability files (predict writes <stem>.tif and <stem>.png).
-_PROB_RANK = {".tif": 0, ".tiff": 0, ".npy": 1, ".png": 2}
-# Float probability maps a hair outside [0, 1] (interpolation, float32 sums) are clipped, not refused.
-_PROB_SLACK = 1e-4
 
 POLICY = {
     "default": (
@@ -49,103 +41,8 @@ POLICY = {
 }
 
 
-def resolve_pred(pred: Path, prob: Path | None = None) -> tuple[Path, Path | None]:
-    """(mask folder, probability folder or None) for a mask folder or a `segdiff predict` output."""
-    pred = Path(pred)
-    if not pred.is_dir():
-        raise DataError(f"{pred}: prediction folder not found")
-    mask_dir = pred / "masks" if (pred / "masks").is_dir() else pred
-    if prob is None and (pred / "prob").is_dir():
-        prob = pred / "prob"
-    return mask_dir, None if prob is None else Path(prob)
-
-
-def resolve_gt(gt: Path) -> Path:
-    """The ground-truth mask folder: GT/masks for a data split folder, else GT itself."""
-    gt = Path(gt)
-    return gt / "masks" if (gt / "masks").is_dir() else gt
-
-
-def list_prob_files(folder: Path) -> dict[str, Path]:
-    """Map stem -> probability map, preferring .tif/.tiff over .npy over .png for the same stem."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"{folder}: probability folder not found")
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        rank = _PROB_RANK.get(p.suffix.lower())
-        if rank is None or not p.is_file() or p.name.startswith("."):
-            continue
-        old = found.get(p.stem)
-        if old is not None and _PROB_RANK[old.suffix.lower()] == rank:
-            raise DataError(f"{p}: two probability maps share the stem '{p.stem}' ({old.name})")
-        if old is None or rank < _PROB_RANK[old.suffix.lower()]:
-            found[p.stem] = p
-    if not found:
-        raise DataError(f"{folder}: no probability maps ({', '.join(_PROB_RANK)}) in this folder")
-    return found
-
-
-def read_prob(path: Path) -> np.ndarray:
-    """Read a foreground probability map as float32 [H, W] in [0, 1]; errors name the file."""
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext == ".png":
-        rgb = read_image(path)  # 8- or 16-bit, scaled to [0, 1]; gray is replicated to 3 channels
-        if not (rgb == rgb[..., :1]).all():
-            raise DataError(f"{path}: probability map has channels that differ; save it single-channel")
-        return rgb[..., 0]
-    try:
-        arr = np.load(path, allow_pickle=False) if ext == ".npy" else tifffile.imread(str(path))
-    except Exception as exc:  # numpy and tifffile raise many types for a corrupt file
-        raise DataError(f"{path}: cannot read probability map ({type(exc).__name__}: {exc})") from None
-    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
-        arr = arr[0] if arr.shape[0] == 1 else arr[..., 0]
-    if arr.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D probability map [H, W], got shape {arr.shape}")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.isfinite(arr).all():
-            raise DataError(f"{path}: probability map holds NaN or infinite values")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo < -_PROB_SLACK or hi > 1 + _PROB_SLACK:
-            raise DataError(f"{path}: probabilities must lie in [0, 1], found values in [{lo:g}, {hi:g}]")
-        return np.clip(arr, 0.0, 1.0).astype(np.float32)
-    return to_unit_float(arr, path)  # bool or integer: scaled by the dtype's maximum
-
-
-def _check_paired(files: dict[str, Path], other: dict[str, Path], other_what: str, other_dir: Path) -> None:
-    unpaired = sorted(set(files) - set(other))
-    if unpaired:
-        more = f" ({len(unpaired)} files unpaired)" if len(unpaired) > 1 else ""
-        raise DataError(f"{files[unpaired[0]]}: no {other_what} with stem '{unpaired[0]}' in {other_dir}{more}")
-
-
-def _check_size(a: np.ndarray, a_path: Path, b: np.ndarray, b_path: Path) -> None:
-    if a.shape != b.shape:
-        raise DataError(f"{a_path}: size {a.shape[1]}x{a.shape[0]} differs from {b_path} ({b.shape[1]}x{b.shape[0]})")
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temporary file in the same folder and os.replace, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _stems(stems: list[str], limit: int = 5) -> str:
     return ", ".join(stems[:limit]) + (f", ... ({len(stems)} in all)" if len(stems) > limit else "")
-
-
-def output_paths(out: Path) -> dict[str, Path]:
-    """summary.json path -> {summary, per_image_csv, reliability_png}, the latter two beside it."""
-    return {
-        "summary": out,
-        "per_image_csv": out.with_name(f"{out.stem}_per_image.csv"),
-        "reliability_png": out.with_name(f"{out.stem}_reliability.png"),
-    }
 
 
 def score_pair(pred: np.ndarray, gt: np.ndarray, paper_compat: bool = False) -> dict:
@@ -240,30 +137,25 @@ def evaluate_dirs(
         out = Path(out)
         if out.is_dir() or out.suffix.lower() != ".json":
             raise UserError(f"{out}: --out must be a .json file path such as results/summary.json")
-    from .evaluate_classes import evaluate_class_dirs, find_classes
-
     class_set = find_classes(pred, gt, classes, checkpoint)
     if class_set is not None:  # K classes (docs/metrics.md, "Multi-class")
         return evaluate_class_dirs(mask_dir, gt_dir, class_set, prob_dir, out, reliability_png)
-    pred_files = list_files(mask_dir, MASK_EXTS, "predicted mask")
-    gt_files = list_files(gt_dir, MASK_EXTS, "ground-truth mask")
-    _check_paired(pred_files, gt_files, "ground-truth mask", gt_dir)
-    _check_paired(gt_files, pred_files, "predicted mask", mask_dir)
+    pred_files, gt_files = pair_masks(mask_dir, gt_dir)
     prob_files = None
-    if prob_dir is not None:
+    if prob_dir is not None:  # every probability map pairs with a mask, both ways (K classes: one way)
         prob_files = list_prob_files(prob_dir)
-        _check_paired(prob_files, gt_files, "ground-truth mask", gt_dir)
-        _check_paired(gt_files, prob_files, "probability map", prob_dir)
+        check_paired(prob_files, gt_files, "ground-truth mask", gt_dir)
+        check_paired(gt_files, prob_files, "probability map", prob_dir)
 
     rows: list[dict] = []
     calib = CalibrationAccumulator() if prob_files is not None else None
     for stem in sorted(gt_files):
         g, p = read_mask(gt_files[stem]), read_mask(pred_files[stem])
-        _check_size(p, pred_files[stem], g, gt_files[stem])
+        check_same_size(p, pred_files[stem], g, gt_files[stem])
         row = {"stem": stem, **score_pair(p, g, paper_compat)}
         if calib is not None:
             q = read_prob(prob_files[stem])
-            _check_size(q, prob_files[stem], g, gt_files[stem])
+            check_same_size(q, prob_files[stem], g, gt_files[stem])
             row["calibration"] = calib.add(q, g)
         rows.append(row | {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])})
 
@@ -284,24 +176,13 @@ def evaluate_dirs(
 
 def _write_outputs(out: Path, summary: dict, rows: list[dict], calib: CalibrationAccumulator | None) -> dict:
     paths = output_paths(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:  # raw file names
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-
-    _write_atomic(paths["per_image_csv"], write_csv)
+    write_rows_csv(paths["per_image_csv"], rows)
     written = {"summary": str(out), "per_image_csv": str(paths["per_image_csv"]), "reliability_png": None}
     if calib is not None:
         n = summary["n_images"]
-        title = f"Reliability, pooled over {n} image{'s' if n != 1 else ''}"
-        _write_atomic(paths["reliability_png"], lambda tmp: calib.plot_reliability(tmp, title))
+        write_reliability(paths["reliability_png"], calib, f"Reliability, pooled over {n} image{'s' if n != 1 else ''}")
         written["reliability_png"] = str(paths["reliability_png"])
-    # allow_nan=False: a NaN would be a bug in a metric, and JSON has no NaN; fail loudly instead.
-    text = json.dumps({**summary, "outputs": written}, indent=2, allow_nan=False) + "\n"
-    _write_atomic(out, lambda tmp: tmp.write_text(text))
+    write_summary(out, {**summary, "outputs": written})
     return written
 
 

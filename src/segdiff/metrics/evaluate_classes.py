@@ -8,19 +8,21 @@ probability maps <stem>_reliability.png (the predicted class's probability). Def
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
-import tifffile
 
+from ..atomic import atomic_write
 from ..data.classes import ClassSet, find_classes_json, load_classes_json, read_labels
-from ..data.folder import list_files
-from ..data.io import MASK_EXTS
+from ..data.folder import check_paired, check_same_size
+from ..data.io import read_class_prob
 from ..errors import DataError, UserError
 from .calibration import CalibrationAccumulator
 from .classes import plot_confusion, score_classes, summarize_classes
+from .files import output_paths, pair_masks, write_reliability, write_rows_csv, write_summary
+
+# K-class probability maps are channels-first stacks; predict writes no PNG of them (8-bit would be lossy).
+CLASS_PROB_EXTS = (".tif", ".tiff", ".npy")
 
 
 def find_classes(pred: Path, gt: Path, classes: Path | None = None, checkpoint: Path | None = None):
@@ -43,21 +45,6 @@ def find_classes(pred: Path, gt: Path, classes: Path | None = None, checkpoint: 
     return None if path is None else load_classes_json(path)
 
 
-def read_class_prob(path: Path, K: int) -> np.ndarray:
-    """float32 [K, H, W] class probabilities (a channels-first TIFF as predict writes, or .npy)."""
-    path = Path(path)
-    try:
-        arr = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else tifffile.imread(str(path))
-    except Exception as exc:  # numpy and tifffile raise many types for a corrupt file
-        raise DataError(f"{path}: cannot read probability map ({type(exc).__name__}: {exc})") from None
-    if arr.ndim != 3 or arr.shape[0] != K:
-        raise DataError(f"{path}: expected class probabilities [{K}, H, W] (one plane per class), got {arr.shape}")
-    arr = arr.astype(np.float32)
-    if not np.isfinite(arr).all() or arr.min() < -1e-4 or arr.max() > 1 + 1e-4:
-        raise DataError(f"{path}: class probabilities must be finite and within [0, 1]")
-    return np.clip(arr, 0, 1)
-
-
 def evaluate_class_dirs(
     mask_dir: Path,
     gt_dir: Path,
@@ -66,94 +53,96 @@ def evaluate_class_dirs(
     out: Path | None = None,
     reliability_png: bool = True,
 ) -> dict:
-    from .evaluate import _check_paired, _check_size, _write_atomic, output_paths
-
-    K, names = classes.K, list(classes.names)
-    pred_files = list_files(mask_dir, MASK_EXTS, "predicted mask")
-    gt_files = list_files(gt_dir, MASK_EXTS, "ground-truth mask")
-    _check_paired(pred_files, gt_files, "ground-truth mask", gt_dir)
-    _check_paired(gt_files, pred_files, "predicted mask", mask_dir)
+    """Score K-class label masks against ground truth (docs/metrics.md, "Multi-class"); return (and with
+    `out`, write) the summary. Called by `evaluate_dirs`, which resolves the folders and the classes."""
+    pred_files, gt_files = pair_masks(mask_dir, gt_dir)
     prob_files = None
-    if prob_dir is not None:
-        prob_files = {
-            p.stem: p for p in sorted(Path(prob_dir).iterdir()) if p.suffix.lower() in (".tif", ".tiff", ".npy")
-        }
-        _check_paired(gt_files, prob_files, "probability map", prob_dir)
+    if prob_dir is not None:  # only .tif/.tiff/.npy, and a map without ground truth is ignored
+        prob_files = {p.stem: p for p in sorted(Path(prob_dir).iterdir()) if p.suffix.lower() in CLASS_PROB_EXTS}
+        check_paired(gt_files, prob_files, "probability map", prob_dir)
     calib = CalibrationAccumulator() if prob_files is not None else None
     scores, rows, ignored = [], [], 0
     for stem in sorted(gt_files):
-        g = read_labels(gt_files[stem], classes)
-        p = read_labels(pred_files[stem], classes)
-        _check_size(p, pred_files[stem], g, gt_files[stem])
-        if (p >= K).any():
-            raise DataError(f"{pred_files[stem]}: the prediction holds the ignore label; predictions must be classes")
-        sc = score_classes(p, g, K)
+        sc, row, n_ignored = _score_image(pred_files[stem], gt_files[stem], classes, calib, prob_files, stem)
         scores.append(sc)
-        valid = g < K
-        ignored += int((~valid).sum())
-        row = {"stem": stem}
-        fg_iou = sc["iou"][1:][np.isfinite(sc["iou"][1:])]
-        row["miou_fg"] = float(fg_iou.mean()) if fg_iou.size else ""
-        for k, n in enumerate(names):
-            for m in ("iou", "dice", "boundf"):
-                row[f"{m}[{n}]"] = "" if not np.isfinite(sc[m][k]) else float(sc[m][k])
-        if calib is not None:
-            q = read_class_prob(prob_files[stem], K)
-            if q.shape[1:] != g.shape:
-                raise DataError(f"{prob_files[stem]}: size {q.shape[2]}x{q.shape[1]} differs from {gt_files[stem]}")
-            conf = np.take_along_axis(q, p[None].astype(np.int64), 0)[0]
-            if valid.any():
-                row["calibration"] = calib.add(conf[valid], (p == g)[valid])
+        ignored += n_ignored
         rows.append(row | {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])})
     if not rows:
         raise DataError(f"{gt_dir}: no images to evaluate")
-    summary = summarize_classes(scores, names)
+    summary = summarize_classes(scores, list(classes.names))
     summary["ignored_pixels"] = ignored
     summary["calibration"] = calib.summary() if calib is not None and calib.n_images else None
     summary["inputs"] = {"pred": str(mask_dir), "gt": str(gt_dir), "prob": None if prob_dir is None else str(prob_dir)}
     summary["class_set"] = classes.to_json()
     if out is not None:
-        out = Path(out)
-        paths = output_paths(out)
-        base = out.with_name(out.stem)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-
-        def write_csv(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.DictWriter(fh, fieldnames=fields)
-                w.writeheader()
-                w.writerows(rows)
-
-        _write_atomic(paths["per_image_csv"], write_csv)
-        cm = np.asarray(summary["confusion"])
-        cm_csv = Path(f"{base}_confusion.csv")
-        cm_png = Path(f"{base}_confusion.png")
-
-        def write_cm(tmp: Path) -> None:
-            with open(tmp, "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["ground truth \\ predicted", *names])
-                for n, r in zip(names, cm):
-                    w.writerow([n, *map(int, r)])
-
-        _write_atomic(cm_csv, write_cm)
-        _write_atomic(cm_png, lambda tmp: plot_confusion(cm, names, tmp))
-        written = {
-            "summary": str(out),
-            "per_image_csv": str(paths["per_image_csv"]),
-            "confusion_csv": str(cm_csv),
-            "confusion_png": str(cm_png),
-            "reliability_png": None,
-        }
-        if calib is not None and reliability_png and calib.n_images:
-            title = "Reliability of the predicted class's probability"
-            _write_atomic(paths["reliability_png"], lambda tmp: calib.plot_reliability(tmp, title))
-            written["reliability_png"] = str(paths["reliability_png"])
-        summary["outputs"] = written
-        text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
-        _write_atomic(out, lambda tmp: tmp.write_text(text))
+        summary["outputs"] = _write_outputs(Path(out), summary, rows, list(classes.names), calib, reliability_png)
+        write_summary(Path(out), summary)
     return summary
+
+
+def _score_image(
+    pred_file: Path,
+    gt_file: Path,
+    classes: ClassSet,
+    calib: CalibrationAccumulator | None,
+    prob_files: dict[str, Path] | None,
+    stem: str,
+) -> tuple[dict, dict, int]:
+    """(score_classes scores, the per-image CSV row, the number of ignored pixels) of one image; with
+    `calib`, adds the image's predicted-class probabilities to it."""
+    K = classes.K
+    g = read_labels(gt_file, classes)
+    p = read_labels(pred_file, classes)
+    check_same_size(p, pred_file, g, gt_file)
+    if (p >= K).any():
+        raise DataError(f"{pred_file}: the prediction holds the ignore label; predictions must be classes")
+    sc = score_classes(p, g, K)
+    valid = g < K
+    row = {"stem": stem}
+    fg_iou = sc["iou"][1:][np.isfinite(sc["iou"][1:])]
+    row["miou_fg"] = float(fg_iou.mean()) if fg_iou.size else ""
+    for k, n in enumerate(classes.names):
+        for m in ("iou", "dice", "boundf"):
+            row[f"{m}[{n}]"] = "" if not np.isfinite(sc[m][k]) else float(sc[m][k])
+    if calib is not None:
+        q = read_class_prob(prob_files[stem], K)
+        check_same_size(q[0], prob_files[stem], g, gt_file)
+        conf = np.take_along_axis(q, p[None].astype(np.int64), 0)[0]
+        if valid.any():
+            row["calibration"] = calib.add(conf[valid], (p == g)[valid])
+    return sc, row, int((~valid).sum())
+
+
+def _write_outputs(
+    out: Path,
+    summary: dict,
+    rows: list[dict],
+    names: list[str],
+    calib: CalibrationAccumulator | None,
+    reliability_png: bool,
+) -> dict:
+    """Write the per-image CSV, the confusion matrix (CSV and PNG) and the reliability diagram beside `out`
+    (summary.json, which the caller writes last); returns their paths."""
+    paths = output_paths(out)
+    base = out.with_name(out.stem)
+    write_rows_csv(paths["per_image_csv"], rows)
+    cm = np.asarray(summary["confusion"])
+    cm_csv = Path(f"{base}_confusion.csv")
+    cm_png = Path(f"{base}_confusion.png")
+    corner = "ground truth \\ predicted"  # rows = ground truth, columns = predicted
+    write_rows_csv(cm_csv, [{corner: n, **dict(zip(names, map(int, r)))} for n, r in zip(names, cm)])
+    atomic_write(cm_png, lambda tmp: plot_confusion(cm, names, tmp))
+    written = {
+        "summary": str(out),
+        "per_image_csv": str(paths["per_image_csv"]),
+        "confusion_csv": str(cm_csv),
+        "confusion_png": str(cm_png),
+        "reliability_png": None,
+    }
+    if calib is not None and reliability_png and calib.n_images:
+        write_reliability(paths["reliability_png"], calib, "Reliability of the predicted class's probability")
+        written["reliability_png"] = str(paths["reliability_png"])
+    return written
 
 
 def format_class_table(summary: dict) -> str:

@@ -18,10 +18,10 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ..data.folder import list_files
-from ..data.io import IMAGE_EXTS, MASK_EXTS, read_image, read_mask, to_u8
+from ..data.folder import list_files, list_prob_files
+from ..data.io import IMAGE_EXTS, MASK_EXTS, read_image, read_mask, read_prob, to_u8
 from ..errors import UserError
-from ..metrics.evaluate import list_prob_files, output_paths, read_prob
+from ..metrics.files import output_paths
 from ..predict.export import heatmap
 
 # error map colours: true negative, true positive, false positive, false negative

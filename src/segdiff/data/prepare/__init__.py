@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ... import __version__
 from ...atomic import atomic_write
 from ...errors import DataError, UserError
+from ...version import __version__
 from ..io import write_mask, write_png
 
 PREPARE_JSON = "prepare.json"
