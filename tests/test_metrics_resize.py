@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from segdiff.data.io import read_mask, write_mask
+from segdiff.cli import main as cli_main
+from segdiff.data.io import read_mask, read_prob, write_mask
 from segdiff.errors import DataError
-from segdiff.metrics.evaluate import evaluate_dirs, read_prob
-from segdiff.metrics.resize import main, resize_map, resize_to_gt
+from segdiff.metrics.evaluate import evaluate_dirs
+from segdiff.metrics.resize import resize_map, resize_to_gt
 from segdiff.predict.export import write_prediction
 
 
@@ -77,16 +78,26 @@ def test_missing_prediction_names_the_file(folders, tmp_path):
         resize_to_gt(pred, gt, tmp_path / "out")
 
 
-def test_cli(folders, tmp_path, capsys):
-    pred, gt, _ = folders
-    assert main(["--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "o")]) == 0
+def test_evaluate_cli_keeps_the_resized_predictions(folders, tmp_path, capsys):
+    import json
+
+    pred, gt, sizes = folders
+    kept, out = tmp_path / "native", tmp_path / "summary.json"
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt.parent), "--resize-to-gt", "--out", str(out)]
+    assert cli_main([*args, "--keep-resized", str(kept)]) == 0
     assert "2 of 3" in capsys.readouterr().out
-    assert main(["--pred", str(pred), "--gt", str(gt), "--out", str(pred)]) == 2
+    assert json.loads((kept / "resize.json").read_text())["resized"] == 2
+    for stem, hw in sizes.items():  # predict's layout, heat maps included, at the ground truth's size
+        assert read_mask(kept / "masks" / f"{stem}.png").shape == hw
+        assert (kept / "uncertainty" / f"{stem}.png").is_file()
+    summary = json.loads(out.read_text())
+    assert summary["inputs"]["pred"] == str((kept / "masks").resolve()) and summary["n_images"] == 3
+    assert evaluate_dirs(kept, gt)["iou"] == summary["iou"]
+    assert cli_main([*args, "--keep-resized", str(pred)]) == 2  # never into the predictions themselves
+    assert cli_main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--keep-resized", str(kept)]) == 2
 
 
 def test_evaluate_cli_resize_to_gt(folders, tmp_path, capsys):
-    from segdiff.cli import main as cli_main
-
     pred, gt, _ = folders
     assert cli_main(["evaluate", "--pred", str(pred), "--gt", str(gt.parent)]) == 2  # sizes differ
     out = tmp_path / "summary.json"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 from pathlib import Path
 
+from ..errors import UserError
 from .evaluate import evaluate_dirs, format_table
+from .evaluate_classes import find_classes, format_class_table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -60,6 +63,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "size: the Cityscapes protocol, where masks stay at the native crop size (docs/protocols.md)",
     )
     p.add_argument(
+        "--keep-resized",
+        type=Path,
+        metavar="DIR",
+        help="with --resize-to-gt: write the resized predictions here (laid out as `segdiff predict` writes, "
+        "with resize.json) instead of a temporary folder removed after scoring",
+    )
+    p.add_argument(
         "--classes",
         type=Path,
         metavar="FILE",
@@ -74,27 +84,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, return the exit status (0). UserError propagates to the top-level CLI."""
-    from .evaluate_classes import find_classes, format_class_table
-
+    if args.keep_resized is not None and not args.resize_to_gt:
+        raise UserError("--keep-resized: only with --resize-to-gt")
     if find_classes(args.pred, args.gt, args.classes, args.checkpoint) is not None:
         if args.resize_to_gt:
-            from ..errors import UserError
-
             raise UserError("--resize-to-gt: not available for multi-class masks")
         summary = evaluate_dirs(
             pred=args.pred, gt=args.gt, prob=args.prob, out=args.out, classes=args.classes, checkpoint=args.checkpoint
         )
         print(format_class_table(summary))
         return 0
-    if not args.resize_to_gt:
+    if args.resize_to_gt:
+        summary = _evaluate_resized(args)
+    else:
         summary = evaluate_dirs(
             pred=args.pred, gt=args.gt, prob=args.prob, out=args.out, paper_compat=args.paper_compat
         )
-    else:
-        from .resize import resize_to_gt
-
-        with tempfile.TemporaryDirectory(prefix="segdiff-resized-") as tmp:
-            resize_to_gt(args.pred, args.gt, Path(tmp), prob=args.prob)
-            summary = evaluate_dirs(pred=Path(tmp), gt=args.gt, out=args.out, paper_compat=args.paper_compat)
     print(format_table(summary))
     return 0
+
+
+def _evaluate_resized(args: argparse.Namespace) -> dict:
+    """--resize-to-gt: resize the predictions into --keep-resized DIR (or a temporary folder), then score them."""
+    from .resize import resize_to_gt  # torch: imported only when resizing, so that --help stays fast
+
+    with contextlib.ExitStack() as stack:
+        folder = args.keep_resized
+        if folder is None:
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segdiff-resized-")))
+        s = resize_to_gt(args.pred, args.gt, folder, prob=args.prob)
+        if args.keep_resized is not None:
+            print(f"{s['resized']} of {s['images']} prediction(s) resized to the ground truth's size -> {s['out']}")
+        return evaluate_dirs(pred=folder, gt=args.gt, out=args.out, paper_compat=args.paper_compat)
