@@ -213,7 +213,6 @@ def prepare_cityscapes(
     counts = {n: {"train": 0, "test": 0} for n in names}
     small = {n: 0 for n in names}
     rows: dict[str, list[tuple]] = {n: [] for n in names}
-    size = (input_size, input_size)
     for cs_split, img_path, gt_path in items:
         split = SPLITS[cs_split]
         ids = read_instance_ids(gt_path)
@@ -222,59 +221,12 @@ def prepare_cityscapes(
             small[by_id[v // 1000]] += 1
         if not kept:
             continue
-        rgb = to_u8(read_image(img_path))
-        h, w = ids.shape
-        if rgb.shape[:2] != (h, w):
-            raise DataError(
-                f"{gt_path}: instance ids are {w}x{h} but {img_path.name} is {rgb.shape[1]}x{rgb.shape[0]}; "
-                "the two files must come from the same frame"
-            )
-        prefix = img_path.name[: -len(IMG_SUFFIX)]
-        for v, area, tight in kept:
-            name = by_id[v // 1000]
-            stem = f"{prefix}_{v}"
-            factor = expansion_factor(protocol, split, seed, stem)
-            x0, y0, x1, y1 = expand_box(tight, factor, w, h)
-            mask = ids[y0:y1, x0:x1] == v
-            root = out / name / split
-            save_image(root / "images" / f"{stem}.png", resize_rgb(rgb[y0:y1, x0:x1], size, Image.BILINEAR))
-            if split == "train":
-                save_mask(root / "masks" / f"{stem}.png", resize_mask_nearest(mask, size))
-                save_mask(root / "masks_native" / f"{stem}.png", mask)
-            else:
-                save_mask(root / "masks" / f"{stem}.png", mask)
+        crops = _write_crops(out, src, split, img_path, gt_path, ids, kept, by_id, protocol, seed, input_size)
+        for name, row in crops:
             counts[name][split] += 1
-            rows[name].append(
-                (
-                    split,
-                    stem,
-                    img_path.relative_to(src).as_posix(),
-                    x0,
-                    y0,
-                    x1,
-                    y1,
-                    *tight,
-                    area,
-                    round(factor, 4),
-                )
-            )
+            rows[name].append(row)
 
-    parameters = {
-        "protocol": protocol,
-        "classes": names,
-        "min_area": min_area,
-        "input_size": input_size,
-        "seed": seed,
-        "expansion": (
-            "none (tight box)"
-            if protocol == "tight"
-            else f"test x{TEST_EXPANSION}; train x U{list(TRAIN_EXPANSION)} per instance, keyed by (seed, stem)"
-        ),
-        "split_map": SPLITS,
-        "image_resize": "crop -> input_size x input_size, PIL bilinear",
-        "mask_size": "train/masks: input_size (nearest); train/masks_native and test/masks: native crop",
-        "image_format": "png",
-    }
+    parameters = _parameters(protocol, names, min_area, input_size, seed)
     for name in names:
         save_csv(out / name / "boxes.csv", CSV_HEADER, rows[name])
         info = record(
@@ -290,3 +242,66 @@ def prepare_cityscapes(
     info = record("cityscapes", src, out, parameters, counts, skipped_small_instances=small)
     save_json(out / PREPARE_JSON, info)
     return info
+
+
+def _write_crops(
+    out: Path,
+    src: Path,
+    split: str,
+    img_path: Path,
+    gt_path: Path,
+    ids: np.ndarray,
+    kept: list[tuple[int, int, Box]],
+    by_id: dict[int, str],
+    protocol: str,
+    seed: int,
+    input_size: int,
+) -> list[tuple[str, tuple]]:
+    """Write the image and mask crops of one frame's instances `kept` (as `find_instances` returns them)
+    into OUT/<class>/<split>/; returns (class name, boxes.csv row) per crop."""
+    rgb = to_u8(read_image(img_path))
+    h, w = ids.shape
+    if rgb.shape[:2] != (h, w):
+        raise DataError(
+            f"{gt_path}: instance ids are {w}x{h} but {img_path.name} is {rgb.shape[1]}x{rgb.shape[0]}; "
+            "the two files must come from the same frame"
+        )
+    size = (input_size, input_size)
+    prefix = img_path.name[: -len(IMG_SUFFIX)]
+    written = []
+    for v, area, tight in kept:
+        name = by_id[v // 1000]
+        stem = f"{prefix}_{v}"
+        factor = expansion_factor(protocol, split, seed, stem)
+        x0, y0, x1, y1 = expand_box(tight, factor, w, h)
+        mask = ids[y0:y1, x0:x1] == v
+        root = out / name / split
+        save_image(root / "images" / f"{stem}.png", resize_rgb(rgb[y0:y1, x0:x1], size, Image.BILINEAR))
+        if split == "train":
+            save_mask(root / "masks" / f"{stem}.png", resize_mask_nearest(mask, size))
+            save_mask(root / "masks_native" / f"{stem}.png", mask)
+        else:
+            save_mask(root / "masks" / f"{stem}.png", mask)
+        source = img_path.relative_to(src).as_posix()
+        written.append((name, (split, stem, source, x0, y0, x1, y1, *tight, area, round(factor, 4))))
+    return written
+
+
+def _parameters(protocol: str, names: list[str], min_area: int, input_size: int, seed: int) -> dict:
+    """The parameters recorded in prepare.json."""
+    return {
+        "protocol": protocol,
+        "classes": names,
+        "min_area": min_area,
+        "input_size": input_size,
+        "seed": seed,
+        "expansion": (
+            "none (tight box)"
+            if protocol == "tight"
+            else f"test x{TEST_EXPANSION}; train x U{list(TRAIN_EXPANSION)} per instance, keyed by (seed, stem)"
+        ),
+        "split_map": SPLITS,
+        "image_resize": "crop -> input_size x input_size, PIL bilinear",
+        "mask_size": "train/masks: input_size (nearest); train/masks_native and test/masks: native crop",
+        "image_format": "png",
+    }
