@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ...atomic import atomic_write
+from ...atomic import atomic_write, atomic_write_text
 from ...errors import DataError, UserError
 from ...version import __version__
 from ..io import write_mask, write_png
@@ -76,13 +76,13 @@ def save_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def save_json(path: Path, obj: dict) -> None:
-    def _write(p: Path) -> None:
-        p.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-
-    atomic_write(path, _write)
+    """Write `obj` atomically as indented JSON (UTF-8)."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def save_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """Write a header and rows atomically as CSV (UTF-8)."""
+
     def _write(p: Path) -> None:
         with open(p, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
