@@ -87,7 +87,12 @@ def test_evaluate_predict_layout_matches_metric_functions(folders, tmp_path):
     assert [r["stem"] for r in rows] == ["a", "b", "c"]
     assert float(rows[1]["iou"]) == pytest.approx(iou(*cases["b"][:2]))
     assert (tmp_path / "results" / "summary_reliability.png").stat().st_size > 1000
-    assert not [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+    # written atomically: no temporary file left beside them
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "summary.json",
+        "summary_per_image.csv",
+        "summary_reliability.png",
+    ]
     table = format_table(s)
     assert f"{100 * s['iou']:6.2f} %" in table and "Calibration" in table
 

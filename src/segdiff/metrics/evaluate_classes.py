@@ -63,7 +63,8 @@ def evaluate_class_dirs(
     calib = CalibrationAccumulator() if prob_files is not None else None
     scores, rows, ignored = [], [], 0
     for stem in sorted(gt_files):
-        sc, row, n_ignored = _score_image(pred_files[stem], gt_files[stem], classes, calib, prob_files, stem)
+        prob_file = None if prob_files is None else prob_files[stem]
+        sc, row, n_ignored = _score_image(pred_files[stem], gt_files[stem], classes, prob_file, calib)
         scores.append(sc)
         ignored += n_ignored
         rows.append(row | {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])})
@@ -84,12 +85,11 @@ def _score_image(
     pred_file: Path,
     gt_file: Path,
     classes: ClassSet,
+    prob_file: Path | None,
     calib: CalibrationAccumulator | None,
-    prob_files: dict[str, Path] | None,
-    stem: str,
 ) -> tuple[dict, dict, int]:
-    """(score_classes scores, the per-image CSV row, the number of ignored pixels) of one image; with
-    `calib`, adds the image's predicted-class probabilities to it."""
+    """(score_classes scores, the per-image CSV row, the number of ignored pixels) of one image; with a
+    probability map, adds the image's predicted-class probabilities to `calib`."""
     K = classes.K
     g = read_labels(gt_file, classes)
     p = read_labels(pred_file, classes)
@@ -98,15 +98,15 @@ def _score_image(
         raise DataError(f"{pred_file}: the prediction holds the ignore label; predictions must be classes")
     sc = score_classes(p, g, K)
     valid = g < K
-    row = {"stem": stem}
+    row = {"stem": gt_file.stem}
     fg_iou = sc["iou"][1:][np.isfinite(sc["iou"][1:])]
     row["miou_fg"] = float(fg_iou.mean()) if fg_iou.size else ""
     for k, n in enumerate(classes.names):
         for m in ("iou", "dice", "boundf"):
             row[f"{m}[{n}]"] = "" if not np.isfinite(sc[m][k]) else float(sc[m][k])
-    if calib is not None:
-        q = read_class_prob(prob_files[stem], K)
-        check_same_size(q[0], prob_files[stem], g, gt_file)
+    if prob_file is not None:
+        q = read_class_prob(prob_file, K)
+        check_same_size(q[0], prob_file, g, gt_file)
         conf = np.take_along_axis(q, p[None].astype(np.int64), 0)[0]
         if valid.any():
             row["calibration"] = calib.add(conf[valid], (p == g)[valid])
