@@ -11,7 +11,8 @@ from PIL import Image
 
 from conftest import tiny_config
 from segdiff.api import SegDiff
-from segdiff.data.classes import IGNORE_INDEX, load_classes_json, read_labels, resolve_classes
+from segdiff.classset import IGNORE_INDEX, load_classes_json
+from segdiff.data.classes import read_labels, resolve_classes
 from segdiff.data.io import channels_last, match_channels, read_image_channels
 from segdiff.errors import DataError, UserError
 from segdiff.metrics.classes import class_boundary_f, confusion_matrix, iou_dice, score_classes, summarize_classes
@@ -235,8 +236,8 @@ def test_batches_of_labels_one_hot_ignore_and_resampling(tmp_path):
     """Training batches: K one-hot channels in {-1, 1}, 0 and valid = 0 on ignored pixels; geometric
     augmentation and resizing keep labels one-hot (largest channel), the ignore label included."""
     from conftest import make_classes_data
+    from segdiff.classset import ClassSet
     from segdiff.config import AugmentConfig
-    from segdiff.data.classes import ClassSet
     from segdiff.data.dataset import TrainBatches, make_splits
     from segdiff.data.transforms import resize_labels
     from segdiff.train.loop import with_data_shape

@@ -190,7 +190,7 @@ class DataConfig:
         if self.std:
             _check(min(self.std) > 0, prefix + "std", self.std, "must be positive")
         if self.classes is not None:
-            from .data.classes import ClassSet  # the classes' own checks (values, colours, ignore label)
+            from .classset import ClassSet  # the classes' own checks (values, colours, ignore label)
             from .errors import DataError
 
             try:
