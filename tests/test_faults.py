@@ -323,9 +323,9 @@ def test_full_disk_while_predicting_names_the_file(small_run, tmp_path, monkeypa
 
 def _poison(monkeypatch, at_call: int, where: str) -> None:
     """Make the training loss (`where`="loss") or the gradients ("grad") non-finite at one call."""
-    import segdiff.train.loop as loop
+    import segdiff.train.step as step
 
-    real, calls = loop.training_loss, [0]
+    real, calls = step.training_loss, [0]
 
     def poisoned(net, *args):
         loss = real(net, *args)
@@ -336,7 +336,7 @@ def _poison(monkeypatch, at_call: int, where: str) -> None:
             return loss + torch.sqrt(next(net.parameters()) * 0).sum()  # finite value, NaN gradient
         return loss
 
-    monkeypatch.setattr(loop, "training_loss", poisoned)
+    monkeypatch.setattr(step, "training_loss", poisoned)
 
 
 @pytest.mark.parametrize("where", ["loss", "grad"])

@@ -53,10 +53,10 @@ NAMES = {0: "ground floor", 1: "paper's parts", 2: "verbs", 3: "facade", 4: "ent
 
 def layer_of(module: str) -> int | None:
     parts = module.split(".")
-    for n in range(len(parts), 0, -1):
+    for n in range(len(parts), 1, -1):  # the root's entry is for the root alone
         if ".".join(parts[:n]) in LAYERS:
             return LAYERS[".".join(parts[:n])]
-    return None
+    return LAYERS.get(module)
 
 
 def package_of(module: str) -> str:
