@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from . import rng
+from .atomic import atomic_write_text
 from .config import preset
 from .data.io import read_image, read_mask, to_u8, write_mask, write_png
+from .errors import UserError
+from .metrics.baseline import DEMO_THRESHOLDS, best_global_threshold
+from .predict.figure import classes_figure, result_figure
 
 
 def synthetic_pair(g: torch.Generator, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -178,51 +183,6 @@ def make_dataset(
     return root
 
 
-def best_threshold_iou(images: list[np.ndarray], masks: list[np.ndarray]) -> tuple[float, float]:
-    """Best single global threshold on grey intensity (either polarity) by mean per-image IoU."""
-    grays = [im.mean(axis=-1) for im in images]
-    best = (0.0, 0.0)
-    for thr in np.linspace(0, 1, 101):
-        for above in (True, False):
-            ious = []
-            for g, m in zip(grays, masks):
-                p = g >= thr if above else g < thr
-                union = (p | m).sum()
-                ious.append((p & m).sum() / union if union else 1.0)
-            if np.mean(ious) > best[0]:
-                best = (float(np.mean(ious)), float(thr))
-    return best
-
-
-def figure(path: Path, image, samples, prob, unc, gt, n_show: int = 4) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = len(image)
-    cols = 3 + n_show + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False)
-    titles = ["input"] + [f"gen {k + 1}" for k in range(n_show)] + ["mean", "uncertainty", "truth"]
-    for r in range(rows):
-        panels = [image[r]] + list(samples[r][:n_show]) + [prob[r], unc[r], gt[r]]
-        for c, p in enumerate(panels):
-            ax = axes[r][c]
-            kw = {} if p.ndim == 3 else {"cmap": "jet", "vmin": 0, "vmax": 1}
-            if c == cols - 2:
-                kw = {"cmap": "inferno", "vmin": 0, "vmax": 0.5}
-            if c == cols - 1:
-                kw = {"cmap": "gray", "vmin": 0, "vmax": 1}
-            ax.imshow(p, **kw)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def _tiny_config(max_steps, max_minutes, generations, steps):
     """The demos' config: the tiny preset with the demo's length and time cap, its values checked (also the
     prediction overrides) before any work. The time cap is a safety net for slow machines (the demo
@@ -238,6 +198,79 @@ def _tiny_config(max_steps, max_minutes, generations, steps):
     return cfg
 
 
+@dataclass
+class _Run:
+    """What both demos share: the trained model, its sampling options and the test split's evaluation."""
+
+    model: object  # segdiff.api.SegDiff
+    opts: object  # its sampling options (the preset's protocol unless --generations/--steps)
+    train_summary: dict
+    predict_summary: dict
+    metrics: dict
+    t_train: float
+
+
+def _train_predict_evaluate(out: Path, data: Path, cfg, generations, steps, progress, device, t0: float) -> _Run:
+    """Train the tiny run on DATA into OUT/run, predict DATA/test into OUT/pred with multiple generations and
+    evaluate it into OUT/metrics.json (earlier run and pred folders of the demo are replaced)."""
+    from .api import SegDiff
+    from .metrics.evaluate import evaluate_dirs
+    from .predict.run import predict_folder
+    from .train.loop import train
+
+    run = out / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    train_summary = train(data, run, cfg, device=device, progress=progress)
+    t_train = time.time() - t0
+    model = SegDiff.load(run, device=device)
+    opts = model.sampling_options(generations=generations, steps=steps)  # the preset's protocol by default
+    pred_dir = out / "pred"
+    shutil.rmtree(pred_dir, ignore_errors=True)
+    pred = predict_folder(model, data / "test" / "images", pred_dir, batch_images=32, progress=progress, opts=opts)
+    metrics = evaluate_dirs(pred_dir, data / "test", out=out / "metrics.json")
+    return _Run(model, opts, train_summary, pred, metrics, t_train)
+
+
+def _predict_shown(run: _Run, images: list[np.ndarray], keys: list[str], return_samples: bool = False):
+    """The prediction of the images shown in figure.png (the same keys, hence the same noise, as predict)."""
+    batch = torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images])
+    return run.model.predict(batch, keys=keys, opts=run.opts, return_samples=return_samples)
+
+
+def _report(out: Path, run: _Run, data_text: str, test_images: int, test: dict, baseline: dict, t0: float, **extra):
+    """report.json (written atomically): the protocol, the test scores, the baseline and the seconds.
+    `extra`: protocol entries of one demo (classes: after data; T: after sampling_steps)."""
+    model, opts = run.model, run.opts
+    classes = {"classes": extra["classes"]} if "classes" in extra else {}
+    T = {"T": extra["T"]} if "T" in extra else {}
+    report = {
+        "protocol": {
+            "data": data_text,
+            **classes,
+            "train_images": 160,
+            "val_images": 16,
+            "test_images": test_images,
+            "preset": "tiny",
+            "training_steps": run.train_summary["step"],
+            "stopped_by": run.train_summary["stopped_by"],
+            "batch_size": model.config.train.batch_size,
+            "weights": Path(getattr(model, "weights_file", "")).name,
+            "generations": opts.generations,
+            "sampling_steps": opts.steps_for(model.config.diffusion.steps),
+            **T,
+            "sampler": opts.sampler,
+            "variance": opts.variance,
+            "device": str(model.device),
+            "threads": torch.get_num_threads(),
+        },
+        "test": test,
+        **baseline,
+        "seconds": {"train": run.t_train, "predict": run.predict_summary["seconds"], "total": time.time() - t0},
+    }
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
 def run_demo(
     out: str | Path = "segdiff-demo",
     max_steps: int | None = None,
@@ -249,109 +282,47 @@ def run_demo(
     classes: int | None = None,
     channels: int = 1,
 ) -> dict:
+    """`segdiff demo`: the binary texture data set, the tiny preset, prediction with multiple generations,
+    evaluation beside the best single global grey-level threshold, report.json and figure.png. With
+    `classes`: the multi-class demo (run_classes_demo)."""
     if classes is not None:
         return run_classes_demo(out, classes, channels, max_steps, max_minutes, generations, steps, progress, device)
-    from .api import SegDiff
-    from .predict.run import predict_folder
-    from .train.loop import train
-
     out = Path(out)
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = _tiny_config(max_steps, max_minutes, generations, steps)
     data = make_dataset(out / "data")
-    run = out / "run"
-    if run.exists():
-        import shutil
+    run = _train_predict_evaluate(out, data, cfg, generations, steps, progress, device, t0)
 
-        shutil.rmtree(run)
-    train_summary = train(data, run, cfg, device=device, progress=progress)
-    t_train = time.time() - t0
-    model = SegDiff.load(run, device=device)
-    opts = model.sampling_options(generations=generations, steps=steps)  # the preset's protocol by default
-    gens, k = opts.generations, opts.steps_for(model.config.diffusion.steps)
-    pred_dir = out / "pred"
-    if pred_dir.exists():
-        import shutil
-
-        shutil.rmtree(pred_dir)
-    pred = predict_folder(model, data / "test" / "images", pred_dir, batch_images=32, progress=progress, opts=opts)
-
-    from .metrics.evaluate import evaluate_dirs
-
-    metrics = evaluate_dirs(pred_dir, data / "test", out=out / "metrics.json")
     stems = sorted(p.stem for p in (data / "test" / "images").iterdir())
     images = [read_image(data / "test" / "images" / f"{s}.png") for s in stems]
     masks = [read_mask(data / "test" / "masks" / f"{s}.png") for s in stems]
-    thr_iou, thr = best_threshold_iou(images, masks)
+    # the demo's protocol: chosen on the test images themselves (segdiff.metrics.baseline)
+    threshold = best_global_threshold(zip(images, masks), DEMO_THRESHOLDS)
 
-    show = stems[:4]
-    vis = model.predict(
-        torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in images[:4]]),
-        keys=show,
-        opts=opts,
-        return_samples=True,
+    vis = _predict_shown(run, images[:4], stems[:4], return_samples=True)
+    result_figure(
+        out / "figure.png",
+        images[:4],
+        vis.prob.numpy(),
+        vis.uncertainty.numpy(),
+        masks[:4],
+        samples=vis.samples.numpy(),
     )
-    figure(out / "figure.png", images[:4], vis.samples.numpy(), vis.prob.numpy(), vis.uncertainty.numpy(), masks[:4])
-
-    report = {
-        "protocol": {
-            "data": "synthetic: striped ellipses (foreground) on smooth texture of the same intensity range, 32x32",
-            "train_images": 160,
-            "val_images": 16,
-            "test_images": len(stems),
-            "preset": "tiny",
-            "training_steps": train_summary["step"],
-            "stopped_by": train_summary["stopped_by"],
-            "batch_size": model.config.train.batch_size,
-            "weights": Path(getattr(model, "weights_file", "")).name,
-            "generations": gens,
-            "sampling_steps": k,
-            "T": model.config.diffusion.steps,
-            "sampler": opts.sampler,
-            "variance": opts.variance,
-            "device": str(model.device),
-            "threads": torch.get_num_threads(),
+    metrics = run.metrics
+    return _report(
+        out,
+        run,
+        "synthetic: striped ellipses (foreground) on smooth texture of the same intensity range, 32x32",
+        len(stems),
+        {"iou": metrics["iou"], "f1": metrics["f1"]},
+        {
+            "best_global_threshold": {"iou": threshold.fit_iou, "threshold": threshold.threshold},
+            "margin_over_threshold": metrics["iou"] - threshold.fit_iou,
         },
-        "test": {"iou": metrics["iou"], "f1": metrics["f1"]},
-        "best_global_threshold": {"iou": thr_iou, "threshold": thr},
-        "margin_over_threshold": metrics["iou"] - thr_iou,
-        "seconds": {"train": t_train, "predict": pred["seconds"], "total": time.time() - t0},
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
-
-
-def classes_figure(path: Path, images, label, prob, entropy, gt, classes, n_rows: int = 4) -> None:
-    """Rows of: input, predicted label (classes' colours), each foreground class's probability, entropy,
-    ground truth."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    K = classes.K
-    titles = ["input", "label"] + [f"p({n})" for n in classes.names[1:]] + ["entropy", "truth"]
-    cols = len(titles)
-    rows = min(n_rows, len(images))
-    fig = Figure(figsize=(1.6 * cols, 1.6 * rows + 0.4))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for r in range(rows):
-        im = images[r]
-        im = im[..., 0] if im.shape[-1] != 3 else im
-        panels = [(im, {"cmap": "gray", "vmin": 0, "vmax": 1} if im.ndim == 2 else {})]
-        panels.append((classes.color_image(label[r]), {}))
-        panels += [(prob[r][k], {"cmap": "viridis", "vmin": 0, "vmax": 1}) for k in range(1, K)]
-        panels.append((entropy[r], {"cmap": "inferno", "vmin": 0, "vmax": float(np.log(K))}))
-        panels.append((classes.color_image(gt[r]), {}))
-        for c, (p, kw) in enumerate(panels):
-            ax = axes[r][c]
-            ax.imshow(p, **kw)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        t0,
+        T=run.model.config.diffusion.steps,
+    )
 
 
 def run_classes_demo(
@@ -368,37 +339,19 @@ def run_classes_demo(
     """`segdiff demo --classes 3`: the multi-class texture data set (background + 3 classes told apart by
     texture only), the tiny preset, prediction with multiple generations, multi-class evaluation against
     a per-pixel intensity classifier fitted on train, report.json and figure.png."""
-    import shutil
-
-    from .api import SegDiff
     from .data.classes import read_labels
     from .data.folder import pair_split
     from .data.io import read_image_channels
     from .metrics.classes import mean_foreground_iou
-    from .metrics.evaluate import evaluate_dirs
-    from .predict.run import predict_folder
-    from .train.loop import train
 
     if n_classes not in (2, 3):
-        from .errors import UserError
-
         raise UserError(f"--classes {n_classes}: the synthetic data set has 2 or 3 foreground classes")
     out = Path(out)
     t0 = time.time()
     cfg = _tiny_config(max_steps, max_minutes, generations, steps)
     data = make_classes_dataset(out / "data", channels=channels, n_classes=n_classes)
-    run = out / "run"
-    shutil.rmtree(run, ignore_errors=True)
-    train_summary = train(data, run, cfg, device=device, progress=progress)
-    t_train = time.time() - t0
-    model = SegDiff.load(run, device=device)
-    cs = model.classes
-    opts = model.sampling_options(generations=generations, steps=steps)  # the preset's protocol by default
-    gens, k = opts.generations, opts.steps_for(model.config.diffusion.steps)
-    pred_dir = out / "pred"
-    shutil.rmtree(pred_dir, ignore_errors=True)
-    pred = predict_folder(model, data / "test" / "images", pred_dir, batch_images=32, progress=progress, opts=opts)
-    metrics = evaluate_dirs(pred_dir, data / "test", out=out / "metrics.json")
+    run = _train_predict_evaluate(out, data, cfg, generations, steps, progress, device, t0)
+    cs = run.model.classes
 
     def load(split):
         samples = pair_split(data / split)
@@ -410,11 +363,7 @@ def run_classes_demo(
     base = mean_foreground_iou([apply_intensity_classifier(table, im) for im in test_images], test_labels, cs.K)
 
     show = 4
-    vis = model.predict(
-        torch.stack([torch.from_numpy(im).permute(2, 0, 1) for im in test_images[:show]]),
-        keys=[s.stem for s in pair_split(data / "test")[:show]],
-        opts=opts,
-    )
+    vis = _predict_shown(run, test_images[:show], [s.stem for s in pair_split(data / "test")[:show]])
     classes_figure(
         out / "figure.png",
         test_images[:show],
@@ -424,36 +373,21 @@ def run_classes_demo(
         test_labels[:show],
         cs,
     )
-    report = {
-        "protocol": {
-            "data": f"synthetic: {n_classes} foreground classes ({', '.join(cs.names[1:])}) told apart by texture "
-            f"only, on smooth background texture of the same intensity range, 32x32, {channels} channel(s)",
-            "classes": list(cs.names),
-            "train_images": 160,
-            "val_images": 16,
-            "test_images": len(test_images),
-            "preset": "tiny",
-            "training_steps": train_summary["step"],
-            "stopped_by": train_summary["stopped_by"],
-            "batch_size": model.config.train.batch_size,
-            "weights": Path(getattr(model, "weights_file", "")).name,
-            "generations": gens,
-            "sampling_steps": k,
-            "sampler": opts.sampler,
-            "variance": opts.variance,
-            "device": str(model.device),
-            "threads": torch.get_num_threads(),
-        },
-        "test": {
+    metrics = run.metrics
+    return _report(
+        out,
+        run,
+        f"synthetic: {n_classes} foreground classes ({', '.join(cs.names[1:])}) told apart by texture "
+        f"only, on smooth background texture of the same intensity range, 32x32, {channels} channel(s)",
+        len(test_images),
+        {
             "miou_fg": metrics["miou_fg"],
             "miou": metrics["miou"],
             "mdice_fg": metrics["mdice_fg"],
             "pixel_accuracy": metrics["pixel_accuracy"],
             "per_class_iou": {n: c["iou"] for n, c in metrics["per_class"].items()},
         },
-        "intensity_classifier": {"miou_fg": base, "bins": 64},
-        "margin_over_intensity": metrics["miou_fg"] - base,
-        "seconds": {"train": t_train, "predict": pred["seconds"], "total": time.time() - t0},
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+        {"intensity_classifier": {"miou_fg": base, "bins": 64}, "margin_over_intensity": metrics["miou_fg"] - base},
+        t0,
+        classes=list(cs.names),
+    )

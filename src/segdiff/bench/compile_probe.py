@@ -23,6 +23,7 @@ def probe(preset_name: str, rows: int, cache: str, device: str, mode: str, amp: 
     import torch
 
     from ..config import PredictConfig, preset
+    from ..devices import synchronize
     from ..model import SegDiffUNet
     from ..predict.ensemble import autocast, prepare_net
 
@@ -41,20 +42,16 @@ def probe(preset_name: str, rows: int, cache: str, device: str, mode: str, amp: 
     # here is the one sampling looks up in the cache
     t = torch.arange(cfg.diffusion.steps, device=dev)[-1].expand(rows)
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
     with torch.no_grad():
         with autocast(dev, amp):
             cond = net.encode_image(image)
-        sync()
+        synchronize(dev)
         t_ready = time.perf_counter() - T_START
 
         def call():
             with autocast(dev, amp):
                 fwd(x, t, cond)
-            sync()
+            synchronize(dev)
 
         t0 = time.perf_counter()
         call()

@@ -28,7 +28,6 @@ import copy
 import json
 import math
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -41,8 +40,10 @@ from pathlib import Path
 import torch
 
 from ..config import PredictConfig, RunConfig, preset
+from ..devices import synchronize
 from ..predict import compiling
 from ..predict.ensemble import sample_x0
+from .machine import bench_device, environment
 from .reference import reference_amp, reference_sample_x0
 
 PRESETS = ("vaihingen", "monuseg", "cityscapes")
@@ -94,21 +95,16 @@ class Protocol:
     profile: str | None = None  # folder: torch.profiler summary of the first preset's sampling steps
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device, repeats: int, warmup: int) -> list[float]:
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -121,7 +117,7 @@ class PeakMemory:
 
     def __enter__(self):
         if self.device.type == "cuda":
-            _sync(self.device)
+            synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self.kind = "torch.cuda.max_memory_allocated"
         else:
@@ -134,7 +130,7 @@ class PeakMemory:
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
-            _sync(self.device)
+            synchronize(self.device)
             self.bytes = torch.cuda.max_memory_allocated(self.device)
         else:
             self.bytes = _vm_hwm()
@@ -411,28 +407,6 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
     return result
 
 
-def environment(device: torch.device) -> dict:
-    env = {
-        "device": str(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        env.update(
-            device_name=torch.cuda.get_device_name(device),
-            cuda=torch.version.cuda,
-            cudnn=torch.backends.cudnn.version(),
-            cudnn_benchmark=torch.backends.cudnn.benchmark,
-            tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
-            tf32_cudnn=torch.backends.cudnn.allow_tf32,
-        )
-    else:
-        env["device_name"] = platform.processor() or platform.machine()
-    return env
-
-
 def compile_times(
     name: str, device: torch.device, rows: int, mode: str, folder: str, threads: int | None = None
 ) -> dict:
@@ -527,12 +501,12 @@ def profile_sampling(cfg: RunConfig, device: torch.device, proto: Protocol, fold
         compile_cache=proto.compile_cache,
     )
     sample_x0(net, sched, image, [0], opts)  # warm-up (and compile)
-    _sync(device)
+    synchronize(device)
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
         sample_x0(net, sched, image, [0], opts)
-        _sync(device)
+        synchronize(device)
     events = prof.key_averages()
 
     def dev_time(e) -> float:  # microseconds; the attribute was renamed across torch versions
@@ -765,9 +739,7 @@ def cli(args) -> int:
     """`segdiff benchmark` (arguments from segdiff.bench.add_parsers)."""
     from ..errors import UserError
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available")
+    device = bench_device(args.device)
     if args.cudnn_benchmark:
         torch.backends.cudnn.benchmark = True
     if args.threads:

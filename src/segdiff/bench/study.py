@@ -20,14 +20,16 @@ fig5_iou_vs_generations.png, fig6_calibration_vs_generations.png, fig9_time_vs_s
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from ..atomic import atomic_write_text
+from ..devices import synchronize
 from ..errors import UserError
 
 DEFAULT_STEPS = (5, 10, 25, 50, 100)
@@ -77,11 +79,6 @@ def first_n_means(p: np.ndarray) -> np.ndarray:
     return (c / np.arange(1, p.shape[0] + 1, dtype=np.float64)[:, None, None]).astype(np.float32)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_study(
     model,
     data: str | Path,
@@ -101,7 +98,7 @@ def run_study(
     from ..data.folder import pair_split
     from ..metrics import CalibrationAccumulator, calibration_score, f1, iou
     from ..predict.ensemble import summarise
-    from .speed import environment
+    from .machine import environment
 
     out = Path(out)
     if model.config.model.mask_channels > 1:
@@ -151,10 +148,10 @@ def run_study(
         opts = opts_for(spec, k)
         for stem, image, mask in pairs:
             gt = mask[0].numpy() > 0.5
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
             x0 = model.predict_x0(image[None], [stem], opts)
-            _sync(device)
+            synchronize(device)
             dt = time.perf_counter() - t0
             seconds.setdefault((spec.name, k), []).append(dt)
             p = summarise(x0)["samples"][0].cpu().numpy()  # [G, H, W] in [0, 1]
@@ -239,7 +236,7 @@ def run_study(
         "rows": rows,
         "files": {"csv": str(csv_path), "per_image_csv": str(img_csv), "plots": [str(p) for p in plots]},
     }
-    (out / "study.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "study.json", json.dumps(report, indent=2) + "\n")
     return report
 
 
@@ -272,11 +269,12 @@ def recommend(rows: list[dict], T: int, generations: int) -> dict | None:
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
 
 
 def _figure(ncols: int, width: float = 4.2, height: float = 3.4):
