@@ -5,8 +5,8 @@
 # cold and warm in fresh processes, peak memory), the compile="auto" rule with this run's numbers, and a
 # torch.profiler summary (top kernels, which SDPA kernel runs in bf16).
 #
-#   bash benchmarks/gpu_sampling.sh              # results in $OUT (default ./gpu-sampling-out)
-#   QUICK=1 bash benchmarks/gpu_sampling.sh      # a CPU smoke run of this script (tiny preset, eager only)
+#   bash tools/gpu_sampling.sh              # results in $OUT (default ./gpu-sampling-out)
+#   QUICK=1 bash tools/gpu_sampling.sh      # a CPU smoke run of this script (tiny preset, eager only)
 #
 # Writes small files only: benchmark.json, benchmark.md (the table of docs/results.md), benchmark.log,
 # profile/profile.{json,txt}, env.txt; if time is left, cudagraphs.{json,md} (CUDA-graph variants, vaihingen).

@@ -2,9 +2,9 @@
 images, predicts the 14 test images by the paper's quadrant protocol and evaluates, within a total time budget;
 then a one-pass baseline at equal training minutes.
 
-    PYTHONPATH=src python3 benchmarks/monuseg.py --data /path/to/monuseg --out OUT --budget-minutes 9
+    PYTHONPATH=src python3 -m segdiff.bench.monuseg --data /path/to/monuseg --out OUT --budget-minutes 9
         [--preset monuseg-fast] [--train-fraction 0.65] [--generations G --steps K] [--no-baseline]
-    PYTHONPATH=src python3 benchmarks/monuseg.py --data /path/to/monuseg --out OUT --tiny   # CPU pipeline check
+    PYTHONPATH=src python3 -m segdiff.bench.monuseg --data /path/to/monuseg --out OUT --tiny   # CPU pipeline check
 
 The data folder is the layout of ../shared/data/monuseg (and of `segdiff prepare monuseg`):
 DATA/{train,test}/{images,masks}/<stem>.<ext>, 30 train and 14 test images at 512 x 512.
@@ -41,38 +41,36 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
-import platform
 import shutil
-import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-
-try:
-    import segdiff  # noqa: F401
-except ImportError:  # run from a checkout without PYTHONPATH=src
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np
 import torch
 
-from segdiff import __version__, rng
-from segdiff.api import SegDiff
-from segdiff.atomic import atomic_write_text
-from segdiff.bench.select import choose_setting
-from segdiff.config import AugmentConfig, RunConfig, preset
-from segdiff.data.folder import pair_split
-from segdiff.data.io import read_image, read_mask, read_prob, write_mask, write_png
-from segdiff.errors import UserError
-from segdiff.metrics.evaluate import evaluate_dirs
-from segdiff.metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
-from segdiff.predict.ensemble import sample_x0
-from segdiff.predict.run import predict_folder
-from segdiff.predict.tiling import windows
-from segdiff.train.logging import RunLog, plot_curves
-from segdiff.train.loop import train
+from .. import rng
+from ..api import SegDiff
+from ..atomic import atomic_write_text
+from ..config import TRAIN_COMPILE, AugmentConfig, RunConfig, preset
+from ..data.folder import pair_split
+from ..data.io import read_image, read_mask, read_prob, write_mask, write_png
+from ..devices import synchronize
+from ..errors import UserError
+from ..metrics.baseline import MONUSEG_LEVELS, MONUSEG_THRESHOLDS, best_global_threshold
+from ..metrics.evaluate import evaluate_dirs
+from ..metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
+from ..predict.ensemble import sample_x0
+from ..predict.figure import result_figure
+from ..predict.run import predict_folder
+from ..predict.tiling import windows
+from ..train.logging import RunLog, plot_curves
+from ..train.loop import train
+from .machine import bench_device, environment
+from .select import choose_setting
 
 PAPER_TABLE3 = {  # MoNuSeg, Dice (F1) / IoU in percent
     "U-Net": {"dice": 79.43, "iou": 65.99},
@@ -80,8 +78,8 @@ PAPER_TABLE3 = {  # MoNuSeg, Dice (F1) / IoU in percent
     "SegDiff (paper)": {"dice": 81.59, "iou": 69.00},
 }
 # the validation grid: samplers x sampling steps x generations (issue 9)
-GRID = {"samplers": ("ddim", "ddpm"), "steps": (1, 2, 5, 10, 25), "generations": (1, 2, 4, 8, 16)}
-TINY_GRID = {"samplers": ("ddim", "ddpm"), "steps": (1, 2, 5, 10), "generations": (1, 2, 4, 8)}
+GRID = {"samplers": ("ddim", "ddpm"), "sampling_steps": (1, 2, 5, 10, 25), "generations": (1, 2, 4, 8, 16)}
+TINY_GRID = {"samplers": ("ddim", "ddpm"), "sampling_steps": (1, 2, 5, 10), "generations": (1, 2, 4, 8)}
 GRID_SHARE = 0.5  # of the time left after training, at most this much for the validation grid
 RESERVE_S = 30.0  # evaluation, figures and writing after prediction
 PIPELINE_LABEL = (
@@ -155,7 +153,7 @@ def build_view(
                 _link(s.image, view / split / "images" / s.image.name)
                 _link(s.mask, view / split / "masks" / s.mask.name)
     split = {k: [s.stem for s in v] for k, v in parts.items()}
-    (view / "split.json").write_text(json.dumps({"seed": seed, "source": str(data.resolve()), **split}, indent=2))
+    atomic_write_text(view / "split.json", json.dumps({"seed": seed, "source": str(data.resolve()), **split}, indent=2))
     return split
 
 
@@ -199,21 +197,16 @@ def make_config(args, train_minutes: float) -> RunConfig:
 # -- 3. the sampling setting, chosen on the validation images -------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def probe_seconds_per_call(model: SegDiff, window: torch.Tensor, batch: int, steps: int = 10) -> float:
+def probe_seconds_per_call(model: SegDiff, window: torch.Tensor, batch: int, sampling_steps: int = 10) -> float:
     """Seconds per network call of the sampler at `batch` x 1 x tile x tile (G(I) included, amortised)."""
     device = model.device
-    opts = model.sampling_options(generations=batch, steps=2, batch_generations=batch, seed=12345)
+    opts = model.sampling_options(generations=batch, sampling_steps=2, batch_generations=batch, seed=12345)
     sample_x0(model.net, model.schedule, window, ["probe"], opts)  # warm-up (kernels, allocator)
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
-    sample_x0(model.net, model.schedule, window, ["probe"], replace(opts, sampling_steps=steps))
-    _sync(device)
-    return (time.perf_counter() - t0) / steps
+    sample_x0(model.net, model.schedule, window, ["probe"], replace(opts, sampling_steps=sampling_steps))
+    synchronize(device)
+    return (time.perf_counter() - t0) / sampling_steps
 
 
 def fit_batch_generations(model: SegDiff, window: torch.Tensor, want: int) -> int:
@@ -221,7 +214,7 @@ def fit_batch_generations(model: SegDiff, window: torch.Tensor, want: int) -> in
     b = want
     while True:
         try:
-            probe_seconds_per_call(model, window, b, steps=1)
+            probe_seconds_per_call(model, window, b, sampling_steps=1)
             return b
         except torch.OutOfMemoryError:
             if b == 1:
@@ -247,39 +240,39 @@ def _scores(pred_masks: list[np.ndarray], gts: list[np.ndarray]) -> tuple[float,
 def validation_grid(
     model: SegDiff, val: list, grid: dict, n_test: int, seconds: float, batch_generations: int, seed: int
 ) -> tuple[list[dict], float, list[dict]]:
-    """Every (sampler, steps) of `grid`, cheapest first, run once on the validation images with the largest
+    """Every (sampler, sampling_steps) of `grid`, cheapest first, run once on the validation images with the largest
     number of generations; the scores of n generations use the mean of the first n (the noise of generation
-    k is keyed by k, so they are exactly what an n-generation run draws). A (sampler, steps) is skipped when
+    k is keyed by k, so they are exactly what an n-generation run draws). A (sampler, sampling_steps) is skipped when
     the time measured so far says it would not finish within `seconds`. cost_s: the estimated seconds to
     predict the n_test test images with that setting (val seconds x n / G x n_test / n_val).
     Returns (rows, seconds spent, skipped)."""
     G = max(grid["generations"])
     gts = [m for _, _, m in val]
-    rows, skipped, spent, per_step = [], [], 0.0, None
-    for k in sorted(grid["steps"]):
+    rows, skipped, spent, per_sampling_step = [], [], 0.0, None
+    for k in sorted(grid["sampling_steps"]):
         for s in grid["samplers"]:
             if k == 1 and s != grid["samplers"][0]:
                 continue  # one step: every sampler returns the network's x0 at t = T (the same numbers)
-            if per_step is not None and spent + per_step * k > seconds:
-                skipped.append({"sampler": s, "steps": k, "estimate_s": per_step * k})
+            if per_sampling_step is not None and spent + per_sampling_step * k > seconds:
+                skipped.append({"sampler": s, "sampling_steps": k, "estimate_s": per_sampling_step * k})
                 continue
             opts = model.sampling_options(
-                generations=G, steps=k, sampler=s, seed=seed, batch_generations=batch_generations
+                generations=G, sampling_steps=k, sampler=s, seed=seed, batch_generations=batch_generations
             )
-            _sync(model.device)
+            synchronize(model.device)
             t0 = time.perf_counter()
             x0 = [model.predict_x0(image[None], [stem], opts)[0].float().cpu() for stem, image, _ in val]
-            _sync(model.device)
+            synchronize(model.device)
             dt = time.perf_counter() - t0
             spent += dt
-            per_step = max(per_step or 0.0, dt / k)
+            per_sampling_step = max(per_sampling_step or 0.0, dt / k)
             for g in sorted(grid["generations"]):
                 masks = [(((x[:g] + 1) / 2).clamp(0, 1).mean(0) >= 0.5).numpy() for x in x0]
                 iou, dice = _scores(masks, gts)
                 rows.append(
                     {
                         "sampler": s,
-                        "steps": k,
+                        "sampling_steps": k,
                         "generations": g,
                         "iou": iou,
                         "dice": dice,
@@ -287,8 +280,8 @@ def validation_grid(
                         "cost_s": dt * g / G * n_test / len(val),
                     }
                 )
-            best_k = max(r["iou"] for r in rows if r["steps"] == k and r["sampler"] == s)
-            log(f"validation grid: {s} {k} steps: best IoU {best_k:.2f} ({dt:.1f} s for {G} generations)")
+            best_k = max(r["iou"] for r in rows if r["sampling_steps"] == k and r["sampler"] == s)
+            log(f"validation grid: {s} {k} sampling steps: best IoU {best_k:.2f} ({dt:.1f} s for {G} generations)")
     return rows, spent, skipped
 
 
@@ -300,8 +293,8 @@ def grid_figure(path: Path, rows: list[dict], chosen: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for s in sorted({r["sampler"] for r in rows}):
-        for k in sorted({r["steps"] for r in rows if r["sampler"] == s}):
-            rr = [r for r in rows if r["sampler"] == s and r["steps"] == k]
+        for k in sorted({r["sampling_steps"] for r in rows if r["sampler"] == s}):
+            rr = [r for r in rows if r["sampler"] == s and r["sampling_steps"] == k]
             ax.plot([r["cost_s"] for r in rr], [r["iou"] for r in rr], marker="o", label=f"{s} {k} steps")
     ax.scatter([chosen["cost_s"]], [chosen["iou"]], s=200, facecolors="none", edgecolors="k", label="chosen")
     ax.set_xscale("log")
@@ -316,50 +309,20 @@ def grid_figure(path: Path, rows: list[dict], chosen: dict) -> None:
 # -- a reference: the best global grey-level threshold ----------------------------------------------------
 
 
-def _grey_hists(samples) -> tuple[np.ndarray, np.ndarray]:
-    """Per image, 256-bin histograms of the grey level (mean of RGB) of foreground and background pixels."""
-    fg, bg = [], []
-    for image_path, mask_path in samples:
-        grey = np.round(read_image(image_path).mean(axis=-1) * 255).astype(np.int64)
-        mask = read_mask(mask_path)
-        fg.append(np.bincount(grey[mask], minlength=256))
-        bg.append(np.bincount(grey[~mask], minlength=256))
-    return np.stack(fg), np.stack(bg)
-
-
-def _threshold_scores(fg: np.ndarray, bg: np.ndarray) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray]]:
-    """(polarity, t) -> per-image (IoU, Dice) of predicting foreground where grey >= t ("above") or < t."""
-    out = {}
-    fg_above = np.cumsum(fg[:, ::-1], axis=1)[:, ::-1]  # pixels with grey >= t, t = 0..255
-    bg_above = np.cumsum(bg[:, ::-1], axis=1)[:, ::-1]
-    n_fg = fg.sum(axis=1)
-    for t in range(256):
-        for polarity, tp, fp in (
-            ("above", fg_above[:, t], bg_above[:, t]),
-            ("below", n_fg - fg_above[:, t], bg.sum(axis=1) - bg_above[:, t]),
-        ):
-            fn = n_fg - tp
-            union, total = tp + fp + fn, 2 * tp + fp + fn
-            iou = np.where(union > 0, tp / np.maximum(union, 1), 1.0)
-            dice = np.where(total > 0, 2 * tp / np.maximum(total, 1), 1.0)
-            out[(polarity, t)] = (iou, dice)
-    return out
-
-
 def threshold_baseline(view: Path) -> dict:
     """The global grey-level threshold (and polarity) with the best mean IoU on the training images,
-    applied to the test images: what a segmentation must beat to have learned more than intensity."""
+    applied to the test images: what a segmentation must beat to have learned more than intensity
+    (segdiff.metrics.baseline, its MoNuSeg protocol: grey levels 0..255)."""
 
-    def pairs(split):
-        return [(s.image, s.mask) for s in pair_split(view / split)]
+    def pairs(split):  # read one image at a time
+        return ((read_image(s.image), read_mask(s.mask)) for s in pair_split(view / split))
 
-    train_scores = _threshold_scores(*_grey_hists(pairs("train")))
-    (polarity, t), _ = max(train_scores.items(), key=lambda kv: float(kv[1][0].mean()))
-    iou, dice = _threshold_scores(*_grey_hists(pairs("test")))[(polarity, t)]
+    best = best_global_threshold(pairs("train"), MONUSEG_THRESHOLDS, MONUSEG_LEVELS, apply_to=pairs("test"))
     return {
-        "dice_percent": 100 * float(dice.mean()),
-        "iou_percent": 100 * float(iou.mean()),
-        "rule": f"foreground where grey (mean of RGB, 0-255) is {'>=' if polarity == 'above' else '<'} {t}",
+        "dice_percent": 100 * float(best.dice.mean()),
+        "iou_percent": 100 * float(best.iou.mean()),
+        "rule": f"foreground where grey (mean of RGB, 0-255) is {'>=' if best.polarity == 'above' else '<'} "
+        f"{best.threshold}",
         "chosen_on": "the training images (best mean IoU)",
     }
 
@@ -368,83 +331,23 @@ def threshold_baseline(view: Path) -> dict:
 
 
 def test_figure(path: Path, view: Path, pred: Path, stems: list[str], per_image: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    titles = ["image", "ground truth", "probability", "uncertainty (std)", "mask (p >= 0.5)", "errors"]
-    fig, axes = plt.subplots(len(stems), len(titles), figsize=(2.4 * len(titles), 2.5 * len(stems)), squeeze=False)
-    for r, stem in enumerate(stems):
-        image = read_image(next((view / "test" / "images").glob(f"{stem}.*")))
-        gt = read_mask(next((view / "test" / "masks").glob(f"{stem}.*")))
-        prob = read_prob(pred / "prob" / f"{stem}.tif")
-        unc = read_prob(pred / "uncertainty" / f"{stem}.tif")
-        mask = read_mask(pred / "masks" / f"{stem}.png")
-        err = np.zeros((*gt.shape, 3))
-        err[mask & gt] = (1, 1, 1)  # true positive: white
-        err[mask & ~gt] = (1, 0.2, 0.2)  # false positive: red
-        err[~mask & gt] = (0.2, 0.5, 1)  # false negative: blue
-        panels = [
-            (image, {}),
-            (gt, {"cmap": "gray"}),
-            (prob, {"cmap": "jet", "vmin": 0, "vmax": 1}),
-            (unc, {"cmap": "inferno", "vmin": 0, "vmax": 0.5}),
-            (mask, {"cmap": "gray"}),
-            (err, {}),
-        ]
-        for c, (p, kw) in enumerate(panels):
-            ax = axes[r][c]
-            ax.imshow(p, **kw)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(titles[c], fontsize=9)
+    """figure.png: per test image, the input, probability, uncertainty, mask, errors and truth
+    (segdiff.predict.figure.result_figure), each row labelled with the image's Dice and IoU."""
+    images, probs, uncs, masks, truths, labels = [], [], [], [], [], []
+    for stem in stems:
+        images.append(read_image(next((view / "test" / "images").glob(f"{stem}.*"))))
+        truths.append(read_mask(next((view / "test" / "masks").glob(f"{stem}.*"))))
+        probs.append(read_prob(pred / "prob" / f"{stem}.tif"))
+        uncs.append(read_prob(pred / "uncertainty" / f"{stem}.tif"))
+        masks.append(read_mask(pred / "masks" / f"{stem}.png"))
         s = per_image.get(stem, {})
-        axes[r][0].set_ylabel(
-            f"{stem}\nDice {100 * s.get('f1', float('nan')):.1f} IoU {100 * s.get('iou', float('nan')):.1f}", fontsize=7
-        )
-    fig.suptitle("errors: white = true positive, red = false positive, blue = false negative", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+        labels.append(f"{stem}\nDice {100 * s.get('f1', float('nan')):.1f} IoU {100 * s.get('iou', float('nan')):.1f}")
+    result_figure(
+        path, images, probs, uncs, truths, mask=masks, row_labels=labels, panel_size=(2.4, 2.5), fontsize=9, dpi=90
+    )
 
 
-# -- environment ----------------------------------------------------------------------------------------------
-
-
-def environment(device: torch.device) -> dict:
-    env = {
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "python": platform.python_version(),
-        "segdiff": __version__,
-        "numpy": np.__version__,
-    }
-    repo = Path(__file__).resolve().parents[1]
-    try:  # read-only queries; absent when the tree is not a git checkout
-        env["git_commit"] = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        env["git_dirty"] = bool(dirty)
-    except (OSError, subprocess.SubprocessError):
-        env["git_commit"] = None
-    return env
-
-
-# -- main -------------------------------------------------------------------------------------------------------
+# -- the command line -------------------------------------------------------------------------------------------
 
 
 def parse_args(argv=None):
@@ -465,7 +368,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--train-minutes", type=float, help="training minutes (default: the fraction of the budget)")
     p.add_argument("--preset", help="default monuseg-fast (--tiny: tiny-fast); monuseg = the paper's recipe")
-    p.add_argument("--compile", choices=["off", "auto", "default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--compile", choices=TRAIN_COMPILE, help="torch.compile the training step (= segdiff train's)")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], help="with --generations and --steps: skip the grid")
     p.add_argument("--generations", type=int, help="G, generations per window (with --steps: a fixed protocol)")
     p.add_argument("--steps", type=int, help="K, sampling steps (with --generations: a fixed protocol)")
@@ -491,15 +394,10 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace OUT/run, OUT/pred and results of a former run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    tiny = args.tiny
-    defaults = {
-        "budget_minutes": 4.0 if tiny else 9.0,
-        "preset": "tiny-fast" if tiny else "monuseg-fast",
-        "device": "cpu" if tiny else ("cuda" if torch.cuda.is_available() else "cpu"),
-    }
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
+    if args.budget_minutes is None:
+        args.budget_minutes = 4.0 if args.tiny else 9.0
+    if args.preset is None:
+        args.preset = "tiny-fast" if args.tiny else "monuseg-fast"
     if args.train_minutes is None:
         args.train_minutes = args.budget_minutes * args.train_fraction
     if not 0 < args.train_minutes < args.budget_minutes:
@@ -508,6 +406,9 @@ def parse_args(argv=None):
     if any(v is not None for v in fixed) and not all(v is not None for v in fixed):
         raise UserError("--generations and --steps go together (a fixed protocol instead of the validation grid)")
     return args
+
+
+# -- the phases of one run ---------------------------------------------------------------------------------------
 
 
 class Phases:
@@ -525,8 +426,104 @@ class Phases:
             log(f"phase {name}: {self.seconds[name]:.1f} s")
 
 
+@dataclass
+class Bench:
+    """One run of the benchmark: its arguments, folders, device, clock and phase times."""
+
+    args: argparse.Namespace
+    device: torch.device
+    t_start: float = field(default_factory=time.time)
+    phases: Phases = field(default_factory=Phases)
+
+    @property
+    def out(self) -> Path:
+        return self.args.out
+
+    @property
+    def view(self) -> Path:
+        return self.args.out / "data"
+
+    @property
+    def budget_s(self) -> float:
+        return self.args.budget_minutes * 60
+
+    def seconds_left(self) -> float:
+        """Of the SegDiff pipeline's budget, after keeping RESERVE_S for evaluation and figures."""
+        return self.budget_s - (time.time() - self.t_start) - RESERVE_S
+
+
 def _write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def start(args) -> Bench:
+    """The output folder (a former run's results replaced only with --overwrite), threads and device."""
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    old = [out / p for p in ("run", "pred", "metrics", "baseline", "results.json") if (out / p).exists()]
+    if old and not args.overwrite:
+        raise UserError(
+            f"{out}: holds a former run ({', '.join(p.name for p in old)}); pass --overwrite or choose another --out"
+        )
+    for p in old:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = bench_device(args.device, "cpu" if args.tiny else None)
+    if not args.tiny and device.type != "cuda":
+        log("WARNING: the full benchmark on a CPU takes days; use --tiny for a pipeline check")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Bench(args, device)
+
+
+@dataclass
+class Trained:
+    """A run trained by one of the benchmark's methods, loaded with its best weights."""
+
+    summary: dict  # train()'s summary
+    cfg: RunConfig  # as written to run/config.json (with the max_steps the budget was turned into)
+    rows: list[dict]  # the run's metrics.jsonl
+    model: SegDiff
+
+
+def train_phase(bench: Bench, name: str, cfg: RunConfig, run_dir: Path) -> Trained:
+    """Phase `name`: train `cfg` on the data view into run_dir, then load its best weights."""
+    summary = bench.phases.run(
+        name, train, bench.view, run_dir, cfg, device=str(bench.device), progress=not bench.args.quiet
+    )
+    cfg = RunConfig.load(run_dir / "config.json")
+    rows = RunLog(run_dir, enabled=False).rows()
+    model = SegDiff.load(run_dir, weights="best", device=bench.device)
+    return Trained(summary, cfg, rows, model)
+
+
+def predict_phase(bench: Bench, prefix: str, model: SegDiff, folder: Path, **sampling) -> tuple[dict, dict]:
+    """Phases `prefix`predict and `prefix`evaluate: the test split by the quadrant protocol into folder/pred
+    (`sampling`: predict_folder's sampling overrides), scored into folder/metrics. Returns (the prediction's
+    summary, the evaluation's scores)."""
+    pred = bench.phases.run(
+        prefix + "predict",
+        predict_folder,
+        model,
+        bench.view / "test" / "images",
+        folder / "pred",
+        batch_images=1,
+        overwrite=True,
+        progress=not bench.args.quiet,
+        seed=bench.args.seed,
+        **sampling,
+    )
+    scores = bench.phases.run(
+        prefix + "evaluate",
+        evaluate_dirs,
+        folder / "pred",
+        bench.view / "test",
+        out=folder / "metrics" / "summary.json",
+    )
+    return pred, scores
 
 
 def _test_scores(scores: dict) -> dict:
@@ -545,13 +542,14 @@ def _test_scores(scores: dict) -> dict:
     }
 
 
-def _training_record(summary: dict, cfg: RunConfig, rows: list[dict]) -> dict:
+def _training_record(trained: Trained) -> dict:
+    summary, cfg, rows = trained.summary, trained.cfg, trained.rows
     train_rows = [r for r in rows if r.get("kind") == "train"]
     budget_rows = [r for r in rows if r.get("kind") == "budget"]
     waits = [r["data_wait_frac"] for r in train_rows if "data_wait_frac" in r]
     return {
         "preset": cfg.preset,
-        "steps": summary["step"],
+        "optimizer_steps": summary["step"],
         "seconds": summary["elapsed_s"],
         "minutes_budget": cfg.train.budget_minutes,
         "budget_fix": budget_rows[0] if budget_rows else None,
@@ -565,111 +563,71 @@ def _training_record(summary: dict, cfg: RunConfig, rows: list[dict]) -> dict:
         "warmup_steps": cfg.train.warmup_steps,
         "ema_rate": cfg.train.ema_rate,
         "t_sampling": cfg.train.t_sampling,
-        "steps_per_second": summary["step"] / max(summary["elapsed_s"], 1e-9),
+        "optimizer_steps_per_second": summary["step"] / max(summary["elapsed_s"], 1e-9),
         "data_wait_fraction_mean": float(np.mean(waits)) if waits else None,
         "final_loss": train_rows[-1]["loss"] if train_rows else None,
         "best_validation": summary["best"],
     }
 
 
-def run_baseline(args, cfg: RunConfig, view: Path, out: Path, device, minutes: float, phases: Phases) -> dict:
-    """The same network trained as a plain one-pass segmenter (x_t = 0, t = 0, sigmoid, BCE + soft Dice) for
-    the same training minutes, predicted once per window by the same quadrant protocol, evaluated alike."""
-    bcfg = copy.deepcopy(cfg)
-    bcfg.preset = f"{cfg.preset} as a one-pass segmenter"
-    bcfg.model.prediction = "onepass"
-    bcfg.train.budget_fixed_at = None
-    if bcfg.train.budget_minutes is not None:
-        bcfg.train.budget_minutes, bcfg.train.max_steps = minutes, 10**9
-    bcfg.train.val_generations, bcfg.train.val_steps = 1, 1
-    run_dir, pred_dir = out / "baseline" / "run", out / "baseline" / "pred"
-    summary = phases.run("baseline_train", train, view, run_dir, bcfg, device=str(device), progress=not args.quiet)
-    model = SegDiff.load(run_dir, weights="best", device=device)
-    phases.run(
-        "baseline_predict",
-        predict_folder,
-        model,
-        view / "test" / "images",
-        pred_dir,
-        batch_images=1,
-        overwrite=True,
-        progress=not args.quiet,
-        generations=1,
-        seed=args.seed,
-    )
-    scores = phases.run(
-        "baseline_evaluate", evaluate_dirs, pred_dir, view / "test", out=out / "baseline" / "metrics" / "summary.json"
-    )
-    rows = RunLog(run_dir, enabled=False).rows()
-    return {
-        "label": f"one-pass segmenter, same network, {summary['elapsed_s'] / 60:.2f} training minutes",
-        "test": _test_scores(scores),
-        "training": _training_record(summary, bcfg, rows),
-        "protocol": "one forward per 256 x 256 window (x_t = 0, t = 0), mask = sigmoid >= 0.5"
-        if not args.tiny
-        else "one forward per window (x_t = 0, t = 0), mask = sigmoid >= 0.5",
-    }
+# phase 1
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    t_start = time.time()
-    budget_s = args.budget_minutes * 60
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    run_dir, pred_dir, metrics_dir = out / "run", out / "pred", out / "metrics"
-    old = [p for p in (run_dir, pred_dir, metrics_dir, out / "baseline", out / "results.json") if p.exists()]
-    if old and not args.overwrite:
-        raise UserError(
-            f"{out}: holds a former run ({', '.join(p.name for p in old)}); pass --overwrite or choose another --out"
-        )
-    for p in old:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available (pass --device cpu or --tiny)")
-    if not args.tiny and device.type != "cuda":
-        log("WARNING: the full benchmark on a CPU takes days; use --tiny for a pipeline check")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    phases = Phases()
-
-    # 1. data view
-    split = phases.run(
+def data_phase(bench: Bench) -> dict:
+    """OUT/data, the view of --data: train, val (a seeded draw of --val-images) and test stems."""
+    args = bench.args
+    split = bench.phases.run(
         "data",
         build_view,
         args.data,
-        out,
+        bench.out,
         args.val_images,
         args.seed,
         args.tiny_crop if args.tiny else None,
         args.test_images,
     )
-    view = out / "data"
     log(
-        f"data view {view}: {len(split['train'])} train, {len(split['val'])} val ({', '.join(split['val'])}), "
+        f"data view {bench.view}: {len(split['train'])} train, {len(split['val'])} val ({', '.join(split['val'])}), "
         f"{len(split['test'])} test; budget {args.budget_minutes:g} min, training {args.train_minutes:.2f} min"
     )
+    return split
 
-    # 2. training (the budget is turned into a fixed number of steps after the first steps)
-    cfg = make_config(args, args.train_minutes)
-    summary = phases.run("train", train, view, run_dir, cfg, device=str(device), progress=not args.quiet)
-    cfg = RunConfig.load(run_dir / "config.json")  # with the max_steps the budget was turned into
-    rows = RunLog(run_dir, enabled=False).rows()
-    plot_curves(rows, out / "curves.png")
-    log(
-        f"trained {summary['step']} steps in {summary['elapsed_s'] / 60:.2f} min ({summary['stopped_by']}); "
-        f"best validation {summary['best']}"
-    )
 
-    # 3. the sampling setting, chosen on the validation images
-    model = SegDiff.load(run_dir, weights="best", device=device)
+# phase 2
+
+
+def segdiff_train_phase(bench: Bench) -> Trained:
+    """SegDiff for --train-minutes (the budget is turned into a fixed number of steps after the first steps)."""
+    trained = train_phase(bench, "train", make_config(bench.args, bench.args.train_minutes), bench.out / "run")
+    plot_curves(trained.rows, bench.out / "curves.png")
+    s = trained.summary
+    log(f"trained {s['step']} steps in {s['elapsed_s'] / 60:.2f} min ({s['stopped_by']}); best validation {s['best']}")
+    return trained
+
+
+# phase 3
+
+
+@dataclass
+class Selection:
+    """The sampling setting for the test split, and how it was chosen."""
+
+    chosen: dict  # sampler, sampling_steps, generations (and, from the grid, its validation scores)
+    choice: dict  # choose_setting's answer: row, best_iou, reason
+    grid: dict | None  # None: fixed by --generations/--steps
+    rows: list[dict]
+    skipped: list[dict]
+    batch_generations: int
+    windows_per_image: int
+    test_resolution: list[int]
+
+
+def select_phase(bench: Bench, model: SegDiff, split: dict) -> Selection:
+    """The batch of generations that fits the device, then the sampling setting: fixed by --generations and
+    --steps, else chosen on the validation images from the grid within GRID_SHARE of the time left."""
+    args, device = bench.args, bench.device
     tile = model.config.data.size
-    val = load_split(view / "val")
+    val = load_split(bench.view / "val")
     image0 = val[0][1][None].to(device)
     h, w = image0.shape[-2:]
     n_windows = len(windows(h, w, tile, model.config.predict.tile_stride or tile))
@@ -678,87 +636,99 @@ def main(argv=None) -> dict:
     want_bg = args.batch_generations or (n_windows * g_max if device.type == "cuda" else 32)
     window = model.normalize(image0)[..., :tile, :tile]
     per_batch = fit_batch_generations(model, window, want_bg) if device.type == "cuda" else want_bg
-    n_test = len(split["test"])
-    left = budget_s - (time.time() - t_start) - RESERVE_S
     if args.generations:
-        grid_rows, grid_skipped = [], []
-        chosen = {"sampler": args.sampler or model.config.predict.sampler, "steps": args.steps}
-        chosen["generations"] = args.generations
+        chosen = {
+            "sampler": args.sampler or model.config.predict.sampler,
+            "sampling_steps": args.steps,
+            "generations": args.generations,
+        }
         choice = {"reason": "fixed by --generations/--steps (no validation grid)", "row": chosen, "best_iou": None}
+        selection = Selection(chosen, choice, None, [], [], per_batch, n_windows, [int(h), int(w)])
     else:
-        grid_rows, _, grid_skipped = phases.run(
-            "select", validation_grid, model, val, grid, n_test, GRID_SHARE * left, per_batch, args.seed
+        rows, _, skipped = bench.phases.run(
+            "select",
+            validation_grid,
+            model,
+            val,
+            grid,
+            len(split["test"]),
+            GRID_SHARE * bench.seconds_left(),
+            per_batch,
+            args.seed,
         )
-        left = budget_s - (time.time() - t_start) - RESERVE_S
-        choice = choose_setting(grid_rows, left)
-        chosen = choice["row"]
-        grid_figure(out / "selection.png", grid_rows, chosen)
-    log(f"sampling setting: {chosen} ({choice['reason']})")
+        choice = choose_setting(rows, bench.seconds_left())
+        grid_figure(bench.out / "selection.png", rows, choice["row"])
+        selection = Selection(choice["row"], choice, grid, rows, skipped, per_batch, n_windows, [int(h), int(w)])
+    log(f"sampling setting: {selection.chosen} ({choice['reason']})")
+    return selection
 
-    # 4. prediction of the test split by the quadrant protocol
-    pred = phases.run(
-        "predict",
-        predict_folder,
-        model,
-        view / "test" / "images",
-        pred_dir,
-        batch_images=1,
-        overwrite=True,
-        progress=not args.quiet,
-        generations=chosen["generations"],
-        steps=chosen["steps"],
-        sampler=chosen["sampler"],
-        batch_generations=per_batch,
-        seed=args.seed,
-    )
 
-    # 5. evaluation and figures
-    scores = phases.run("evaluate", evaluate_dirs, pred_dir, view / "test", out=metrics_dir / "summary.json")
-    import csv
+# phases 4 and 5
+
+
+def sampling_of(selection: Selection) -> dict:
+    """predict_folder's sampling overrides for the chosen setting."""
+    c = selection.chosen
+    return {
+        "generations": c["generations"],
+        "steps": c["sampling_steps"],
+        "sampler": c["sampler"],
+        "batch_generations": selection.batch_generations,
+    }
+
+
+def figures_phase(bench: Bench, split: dict) -> None:
+    """figure.png (the first --figure-images test images) and reliability.png."""
+    out, metrics_dir = bench.out, bench.out / "metrics"
 
     def figures():
         with open(metrics_dir / "summary_per_image.csv") as fh:
             per_image = {r["stem"]: {k: float(r[k]) for k in ("f1", "iou")} for r in csv.DictReader(fh)}
-        show = sorted(split["test"])[: args.figure_images]
-        test_figure(out / "figure.png", view, pred_dir, show, per_image)
+        show = sorted(split["test"])[: bench.args.figure_images]
+        test_figure(out / "figure.png", bench.view, out / "pred", show, per_image)
         shutil.copy(metrics_dir / "summary_reliability.png", out / "reliability.png")
 
-    phases.run("figures", figures)
-    reference = threshold_baseline(view)
+    bench.phases.run("figures", figures)
+
+
+# results.json
+
+
+def segdiff_result(
+    bench: Bench, split: dict, trained: Trained, sel: Selection, pred: dict, scores: dict, reference: dict
+) -> dict:
+    """results.json of the SegDiff pipeline: scores, protocol, selection, training, environment."""
+    args, model, device = bench.args, trained.model, bench.device
+    opts = model.sampling_options(**sampling_of(sel), seed=args.seed)
+    tile = model.config.data.size
     ours = {"dice": 100 * scores["f1"], "iou": 100 * scores["iou"]}
-    opts = model.sampling_options(
-        generations=chosen["generations"],
-        steps=chosen["steps"],
-        sampler=chosen["sampler"],
-        batch_generations=per_batch,
-        seed=args.seed,
-    )
-    segdiff_s = time.time() - t_start
+    segdiff_s = time.time() - bench.t_start
+    cfg = trained.cfg
     result = {
         "benchmark": "MoNuSeg (issues 3, 9)",
         "label": PIPELINE_LABEL if args.tiny else "MoNuSeg test split, the paper's quadrant protocol",
         "budget_minutes": args.budget_minutes,
         "segdiff_pipeline_minutes": segdiff_s / 60,
-        "within_budget": segdiff_s <= budget_s,
-        "phases_s": phases.seconds,
+        "within_budget": segdiff_s <= bench.budget_s,
+        "phases_s": bench.phases.seconds,
         "test": _test_scores(scores),
         "reference_global_threshold": reference,
         "selection": {
             "rule": "the cheapest setting of the grid within 0.5 IoU points of the grid's best on the validation "
             "images whose estimated test time fits what is left of the budget (segdiff.bench.select.choose_setting)",
-            "grid": grid if not args.generations else None,
+            "grid": sel.grid,
             "grid_share_of_time_left": GRID_SHARE,
-            "validation_scores": grid_rows,
-            "skipped": grid_skipped,
-            "chosen": chosen,
-            "best_val_iou": choice["best_iou"],
-            "reason": choice["reason"],
+            "validation_scores": sel.rows,
+            "skipped": sel.skipped,
+            "chosen": sel.chosen,
+            "best_val_iou": sel.choice["best_iou"],
+            "reason": sel.choice["reason"],
             "validation_images": split["val"],
         },
         "protocol": {
             "preset": model.config.preset + (" (pipeline check)" if args.tiny else ""),
             "test_images": split["test"],
-            "test_resolution": [int(h), int(w)],
+            "test_resolution": sel.test_resolution,
             "test_input": (
                 f"central {args.tiny_crop}x{args.tiny_crop} crop of each 512x512 test image"
                 if args.tiny
@@ -766,10 +736,10 @@ def main(argv=None) -> dict:
             ),
             "window": tile,
             "stride": opts.tile_stride or tile,
-            "windows_per_image": n_windows,
+            "windows_per_image": sel.windows_per_image,
             "g_per_window": True,
-            "generations": chosen["generations"],
-            "sampling_steps": chosen["steps"],
+            "generations": sel.chosen["generations"],
+            "sampling_steps": sel.chosen["sampling_steps"],
             "T": model.config.diffusion.steps,
             "sampler": opts.sampler,
             "variance": opts.variance,
@@ -777,13 +747,13 @@ def main(argv=None) -> dict:
             "prediction": model.config.model.prediction,
             "amp": "bf16" if device.type == "cuda" else "fp32",
             "seed": args.seed,
-            "batch_generations": per_batch,
+            "batch_generations": sel.batch_generations,
             "weights": Path(getattr(model, "weights_file", "")).name,
             "predict_seconds": pred["seconds"],
             "mask": "mean over generations of clamp((x0 + 1) / 2) >= 0.5",
         },
         "training": {
-            **_training_record(summary, cfg, rows),
+            **_training_record(trained),
             "val_every": cfg.train.val_every,
             "validation": f"{len(split['val'])} held-out training images, {cfg.train.val_generations} "
             f"generations x {cfg.train.val_steps} steps; the better of raw and EMA weights is kept",
@@ -808,29 +778,70 @@ def main(argv=None) -> dict:
     if not args.tiny:
         result["paper_table3"] = PAPER_TABLE3
         result["gap_to_paper_segdiff"] = {k: ours[k] - PAPER_TABLE3["SegDiff (paper)"][k] for k in ours}
-    _write_json(out / "results.json", result)
     log(
         f"{result['label']}: Dice {ours['dice']:.2f} %, IoU {ours['iou']:.2f} % over {scores['n_images']} test "
-        f"images; SegDiff pipeline {segdiff_s / 60:.2f} min of {args.budget_minutes:g} -> {out / 'results.json'}"
+        f"images; SegDiff pipeline {segdiff_s / 60:.2f} min of {args.budget_minutes:g} -> {bench.out / 'results.json'}"
+    )
+    return result
+
+
+# phase 6
+
+
+def baseline_phase(bench: Bench, cfg: RunConfig, minutes: float) -> dict:
+    """The same network trained as a plain one-pass segmenter (x_t = 0, t = 0, sigmoid, BCE + soft Dice) for
+    the same training minutes, predicted once per window by the same quadrant protocol, evaluated alike."""
+    bcfg = copy.deepcopy(cfg)
+    bcfg.preset = f"{cfg.preset} as a one-pass segmenter"
+    bcfg.model.prediction = "onepass"
+    bcfg.train.budget_fixed_at = None
+    if bcfg.train.budget_minutes is not None:
+        bcfg.train.budget_minutes, bcfg.train.max_steps = minutes, 10**9
+    bcfg.train.val_generations, bcfg.train.val_steps = 1, 1
+    folder = bench.out / "baseline"
+    trained = train_phase(bench, "baseline_train", bcfg, folder / "run")
+    _, scores = predict_phase(bench, "baseline_", trained.model, folder, generations=1)
+    return {
+        "label": f"one-pass segmenter, same network, {trained.summary['elapsed_s'] / 60:.2f} training minutes",
+        "test": _test_scores(scores),
+        "training": _training_record(trained),
+        "protocol": "one forward per 256 x 256 window (x_t = 0, t = 0), mask = sigmoid >= 0.5"
+        if not bench.args.tiny
+        else "one forward per window (x_t = 0, t = 0), mask = sigmoid >= 0.5",
+    }
+
+
+def add_baseline(result: dict, base: dict) -> None:
+    ours, bt = result["test"], base["test"]
+    result["one_pass_baseline"] = base
+    result["segdiff_minus_one_pass"] = {
+        "dice": ours["dice_percent"] - bt["dice_percent"],
+        "iou": ours["iou_percent"] - bt["iou_percent"],
+    }
+    log(
+        f"one-pass baseline ({base['label']}): Dice {bt['dice_percent']:.2f} %, IoU {bt['iou_percent']:.2f} %; "
+        f"SegDiff {'beats' if ours['iou_percent'] > bt['iou_percent'] else 'does NOT beat'} it "
+        f"({result['segdiff_minus_one_pass']['iou']:+.2f} IoU points)"
     )
 
-    # 6. the one-pass baseline at equal training minutes (after the SegDiff pipeline, outside its budget)
-    if not args.no_baseline:
-        base = run_baseline(args, cfg, view, out, device, summary["elapsed_s"] / 60, phases)
-        result["one_pass_baseline"] = base
-        bt = base["test"]
-        result["segdiff_minus_one_pass"] = {
-            "dice": ours["dice"] - bt["dice_percent"],
-            "iou": ours["iou"] - bt["iou_percent"],
-        }
-        log(
-            f"one-pass baseline ({base['label']}): Dice {bt['dice_percent']:.2f} %, IoU {bt['iou_percent']:.2f} %; "
-            f"SegDiff {'beats' if ours['iou'] > bt['iou_percent'] else 'does NOT beat'} it "
-            f"({result['segdiff_minus_one_pass']['iou']:+.2f} IoU points)"
-        )
-    result["phases_s"] = phases.seconds
-    result["total_minutes"] = (time.time() - t_start) / 60
-    _write_json(out / "results.json", result)
+
+def main(argv=None) -> dict:
+    """The phases in order (module docstring); results.json is written after the SegDiff pipeline and again
+    after the one-pass baseline."""
+    bench = start(parse_args(argv))
+    split = data_phase(bench)  # 1
+    trained = segdiff_train_phase(bench)  # 2
+    selection = select_phase(bench, trained.model, split)  # 3
+    pred, scores = predict_phase(bench, "", trained.model, bench.out, **sampling_of(selection))  # 4, 5
+    figures_phase(bench, split)
+    reference = threshold_baseline(bench.view)
+    result = segdiff_result(bench, split, trained, selection, pred, scores, reference)
+    _write_json(bench.out / "results.json", result)
+    if not bench.args.no_baseline:  # 6: after the SegDiff pipeline, outside its budget
+        add_baseline(result, baseline_phase(bench, trained.cfg, trained.summary["elapsed_s"] / 60))
+    result["phases_s"] = bench.phases.seconds
+    result["total_minutes"] = (time.time() - bench.t_start) / 60
+    _write_json(bench.out / "results.json", result)
     return result
 
 

@@ -1,13 +1,13 @@
 """Recipe exploration on a CPU (issue 9): a narrow network on MoNuSeg crops, one training lever at a time,
 scored on the 4 validation images only (never the test split).
 
-    PYTHONPATH=src python3 benchmarks/recipe_cpu.py --data ../shared/data/monuseg --out /tmp/recipe \
+    PYTHONPATH=src python3 -m segdiff.bench.recipe_cpu --data ../shared/data/monuseg --out /tmp/recipe \
         --name x0 --set model.prediction=x0 [--set train.t_sampling=high_noise ...] [--steps 400]
 
 Every run: the same narrow network (`narrow_config`: the `tiny` preset's, 1.17 M parameters), random
 32 x 32 crops of the 26 training images with the monuseg preset's augmentation, batch 16, the same number
 of STEPS (so the same work: every lever here costs the same per step), one CPU thread. Validation: the 4
-held-out training images of benchmarks/monuseg.py (same seeded draw), their central 128 x 128 pixels,
+held-out training images of segdiff.bench.monuseg (same seeded draw), their central 128 x 128 pixels,
 32 x 32 windows (stride 32, the quadrant protocol scaled down), DDIM 5 steps x 2 generations (eta 0) and
 DDIM 1 step x 1 generation, raw and EMA weights; one-pass models: one forward.
 Reported: val IoU / Dice (per-image mean, %), steps, wall minutes, and CPU minutes of the process
@@ -20,27 +20,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
+import shutil
 import time
 from pathlib import Path
-
-try:
-    import segdiff  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np
 import torch
 
-from segdiff.api import SegDiff
-from segdiff.config import AugmentConfig, DataConfig, RunConfig, apply_overrides, parse_assignments, preset
-from segdiff.data.folder import pair_split
-from segdiff.data.io import read_image, read_mask
-from segdiff.metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
-from segdiff.train.loop import train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from monuseg import val_split  # noqa: E402
+from ..api import SegDiff
+from ..config import AugmentConfig, DataConfig, RunConfig, apply_overrides, parse_assignments, preset
+from ..data.folder import pair_split
+from ..data.io import read_image, read_mask, write_mask, write_png
+from ..metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
+from ..train.loop import train
+from .monuseg import val_split
 
 
 def narrow_config(crop: int = 32) -> RunConfig:
@@ -60,8 +53,6 @@ def narrow_config(crop: int = 32) -> RunConfig:
 
 def view(data: Path, out: Path, crop: int = 128) -> Path:
     """OUT/view/{train,val}: links to the 26 training images; central crops of the 4 val images (PNG)."""
-    from segdiff.data.io import write_mask, write_png
-
     root = out / "view"
     if (root / "val").is_dir():
         return root
@@ -120,8 +111,6 @@ def main(argv=None):
     cfg = apply_overrides(cfg, parse_assignments(a.set), text=True).validate()
     run = a.out / "runs" / a.name
     if run.exists():
-        import shutil
-
         shutil.rmtree(run)
     w0, c0 = time.time(), time.process_time()
     summary = train(root, run, cfg, device="cpu", progress=False)

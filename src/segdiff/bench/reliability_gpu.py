@@ -1,6 +1,6 @@
 """GPU checks for docs/reliability.md that the CPU-only test machine cannot make (not measured yet).
 
-    PYTHONPATH=src python3 benchmarks/reliability_gpu.py [--device cuda] [--out reliability-gpu.json]
+    PYTHONPATH=src python3 -m segdiff.bench.reliability_gpu [--device cuda] [--out reliability-gpu.json]
 
 1. Memory estimate: peak CUDA memory of one prediction network batch (tiny preset, pad mode) at several
    sizes against segdiff.memory.predict_bytes (which assumes attention takes SDPA's math path: if CUDA
@@ -18,10 +18,14 @@ import time
 
 import torch
 
+from ..atomic import atomic_write_text
+from ..devices import synchronize
+from .machine import bench_device
+
 
 def memory_rows(device: torch.device) -> list[dict]:
-    from segdiff.api import SegDiff
-    from segdiff.memory import predict_bytes
+    from ..api import SegDiff
+    from ..memory import predict_bytes
 
     model = SegDiff("tiny", device)
     rows = []
@@ -31,18 +35,19 @@ def memory_rows(device: torch.device) -> list[dict]:
         base = torch.cuda.memory_allocated(device)
         opts = model.sampling_options(generations=gens, steps=1, batch_generations=gens)
         model.predict_x0(torch.rand(3, size, size), opts=opts)
-        torch.cuda.synchronize(device)
+        synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
         est = predict_bytes(model.config, 1, gens, size, size, device)
         rows.append({"size": size, "generations": gens, "measured_bytes": peak, "estimate": est})
     return rows
 
 
-def step_rows(device: torch.device, steps: int = 30) -> list[dict]:
-    from segdiff.api import SegDiff
-    from segdiff.config import preset
-    from segdiff.train.ema import EMA
-    from segdiff.train.loop import LossModule, train_step
+def step_rows(device: torch.device, timed_steps: int = 30) -> list[dict]:
+    """ms per optimizer step, averaged over `timed_steps` steps after 3 untimed ones."""
+    from ..api import SegDiff
+    from ..config import preset
+    from ..train.ema import EMA
+    from ..train.loop import LossModule, train_step
 
     cfg = preset("monuseg")
     model = SegDiff(cfg, device)
@@ -60,30 +65,33 @@ def step_rows(device: torch.device, steps: int = 30) -> list[dict]:
     rows = []
     for skip in (False, True):
         first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        for i in range(steps + 3):
+        for i in range(timed_steps + 3):
             if i == 3:
-                torch.cuda.synchronize(device)
+                synchronize(device)
                 t0 = time.perf_counter()
             _, finite = train_step(loss_mod, net, opt, ema, batch, i, 1.0, torch.bfloat16, skip)
             if not skip:
                 first_bad = torch.where((first_bad < 0) & ~finite, i, first_bad)
-        torch.cuda.synchronize(device)
-        rows.append({"skip_nonfinite": skip, "ms_per_step": 1000 * (time.perf_counter() - t0) / steps})
+        synchronize(device)
+        rows.append({"skip_nonfinite": skip, "ms_per_step": 1000 * (time.perf_counter() - t0) / timed_steps})
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="cuda")
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", help="a CUDA device (default: cuda when available)")
     ap.add_argument("--out", default="reliability-gpu.json")
-    args = ap.parse_args()
-    device = torch.device(args.device)
+    args = ap.parse_args(argv)
+    device = bench_device(args.device)
     if device.type != "cuda":
         raise SystemExit("this script measures CUDA memory and timing; run it on a GPU")
-    report = {"device": torch.cuda.get_device_name(device), "memory": memory_rows(device), "steps": step_rows(device)}
+    report = {
+        "device": torch.cuda.get_device_name(device),
+        "memory": memory_rows(device),
+        "optimizer_steps": step_rows(device),
+    }
     print(json.dumps(report, indent=2))
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":
