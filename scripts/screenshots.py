@@ -5,46 +5,26 @@
 Uses the folder of `segdiff demo` (made first when it is missing, without the demo's time cap, so that the
 model is the one the demo trains on a free machine: about 5 minutes on 2 CPU cores);
 its run for the predict page, its evaluation (metrics.json) and test images for the evaluation browser.
-Drives the system's headless Chromium with Selenium, as tests/test_serve.py does (needs the dev extra
-and chromium + chromedriver).
+Drives the system's headless Chromium with Selenium, set up as tests/test_serve.py sets it up
+(segdiff.serve.browser; needs the dev extra and chromium + chromedriver).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from PIL import Image
 
-
-def chrome(width: int, height: int):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        sys.exit("chromium and chromedriver are needed (Debian: apt-get install chromium chromium-driver)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars"):
-        opts.add_argument(a)
-    opts.add_argument(f"--window-size={width},{height}")
-    return webdriver.Chrome(options=opts, service=Service(driver))
+from segdiff.serve.browser import headless_chromium
+from segdiff.serve.browser import wait_for as _wait_for
 
 
-def wait_for(driver, script: str, timeout: float = 300.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        value = driver.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(script)
+def wait_for(driver, script: str):
+    return _wait_for(driver, script, timeout=300.0, poll=0.1)
 
 
 def save(driver, path: Path, width: int) -> None:
@@ -87,7 +67,11 @@ def main() -> None:
     evaluation = EvalIndex(demo / "metrics.json", demo / "data" / "test")
     app = create_app(model, evaluation, allowed_hosts=allowed_hosts("127.0.0.1", 0), run_name=demo.name + "/run")
     server = ServerThread(app).start()
-    driver = chrome(args.width, 900)
+    try:
+        driver = headless_chromium(args.width, 900, extra_args=("--hide-scrollbars",))
+    except RuntimeError as exc:  # no chromium or chromedriver
+        server.stop()
+        sys.exit(str(exc))
     try:
         driver.get(server.url + "/#predict")
         wait_for(driver, "return document.body.dataset.ready === '1'")

@@ -41,6 +41,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 from segdiff.api import SegDiff  # noqa: E402
 from segdiff.serve.app import Limits, create_app  # noqa: E402
+from segdiff.serve.browser import wait_for  # noqa: E402
 from segdiff.serve.evalbrowser import ERROR_COLOURS, EvalIndex  # noqa: E402
 from segdiff.serve.server import ServerThread, allowed_hosts  # noqa: E402
 
@@ -338,29 +339,16 @@ def test_serve_cli_errors(capsys, tmp_path):
 # ---------------------------------------------------------------- the page in a real browser
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
 @pytest.fixture(scope="module")
 def browser():
-    webdriver = _need("selenium.webdriver")
-    found = _chromium()
-    if found is None:
-        reason = "chromium and chromedriver not found (Debian: apt-get install chromium chromium-driver)"
-        if IN_CI:
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
-    from selenium.webdriver.chrome.service import Service
+    from segdiff.serve.browser import NOT_FOUND, find_chromium, headless_chromium
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = found[0]
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(found[1]))
+    _need("selenium.webdriver")
+    if find_chromium() is None:
+        if IN_CI:
+            pytest.fail(f"CI=true: {NOT_FOUND}")
+        pytest.skip(NOT_FOUND)
+    driver = headless_chromium(1400, 1000, browser_log=True)
     driver.set_script_timeout(30)
     yield driver
     driver.quit()
@@ -384,16 +372,6 @@ def server(served, tmp_path_factory):
     s.stop()
 
 
-def _wait_for(driver, script: str, timeout: float = 60.0):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        value = driver.execute_script(script)
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for: {script}")
-
-
 def _post_blocker(url: str, generations: int, steps: int) -> None:
     import httpx
 
@@ -413,7 +391,7 @@ def test_predict_page_in_chromium(browser, server, served, tmp_path):
     m = served["model"]
     d = browser
     d.get(server.url + "/#predict")
-    _wait_for(d, "return document.body.dataset.ready === '1'")
+    wait_for(d, "return document.body.dataset.ready === '1'")
     # the run's defaults are preselected; the paper protocol is one click away
     defaults = m.sampling_options()
     assert d.find_element(By.ID, "generations").get_attribute("value") == str(defaults.generations)
@@ -437,9 +415,9 @@ def test_predict_page_in_chromium(browser, server, served, tmp_path):
         e.send_keys(v)
     _post_blocker(server.url, 4, 100)
     d.find_element(By.ID, "submit").click()
-    status = _wait_for(d, "const s = document.querySelector('.job .status'); return s && s.textContent", 10)
+    status = wait_for(d, "const s = document.querySelector('.job .status'); return s && s.textContent", 10)
     assert status.startswith("Queued: position 1"), status
-    _wait_for(d, "return document.querySelector('.job').dataset.state === 'done'", 120)
+    wait_for(d, "return document.querySelector('.job').dataset.state === 'done'", 120)
     job_id = d.execute_script("return document.querySelector('.job').dataset.job")
     seen = d.execute_script(f"return window.segdiffProgress['{job_id}']")
     assert any(0 < p < 100 for p in seen), seen  # the bar moved with the sampler, not only 0 and 100
@@ -448,7 +426,7 @@ def test_predict_page_in_chromium(browser, server, served, tmp_path):
     # the maps are shown: every image of the results loaded
     results = d.find_elements(By.CSS_SELECTOR, ".job .result")
     assert len(results) == 2
-    _wait_for(d, "return [...document.querySelectorAll('.job .result img')].every(i => i.complete)", 20)
+    wait_for(d, "return [...document.querySelectorAll('.job .result img')].every(i => i.complete)", 20)
     broken = d.execute_script(
         "return [...document.querySelectorAll('.job .result img')].filter(i => !(i.complete && i.naturalWidth > 0))"
         ".map(i => i.src)"
@@ -479,7 +457,7 @@ def test_bad_inputs_in_chromium(browser, server, tmp_path):
 
     d = browser
     d.get(server.url + "/#predict")
-    _wait_for(d, "return document.body.dataset.ready === '1'")
+    wait_for(d, "return document.body.dataset.ready === '1'")
     big = np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)
     cases = {
         "notes.png": (b"plain text, not an image", "notes.png: not a PNG, JPEG or TIFF image"),
@@ -496,7 +474,7 @@ def test_bad_inputs_in_chromium(browser, server, tmp_path):
         d.find_element(By.ID, "files").clear()
         d.find_element(By.ID, "files").send_keys(str(p))
         d.find_element(By.ID, "submit").click()
-        shown = _wait_for(d, "return document.getElementById('message').textContent", 20)
+        shown = wait_for(d, "return document.getElementById('message').textContent", 20)
         assert message in shown, shown
 
 
@@ -506,7 +484,7 @@ def test_eval_browser_in_chromium(browser, server):
 
     d = browser
     d.get(server.url + "/#eval")
-    _wait_for(d, "return document.querySelectorAll('#eval-table tbody tr').length > 0", 20)
+    wait_for(d, "return document.querySelectorAll('#eval-table tbody tr').length > 0", 20)
     summary = d.find_element(By.ID, "eval-summary").text
     assert "IoU, per-image mean" in summary and "Calibration" in summary
 
@@ -527,9 +505,9 @@ def test_eval_browser_in_chromium(browser, server):
     assert column(0) == ["img00", "img01", "img02", "img03"]
 
     d.find_elements(By.CSS_SELECTOR, "#eval-table tbody tr")[2].click()
-    _wait_for(d, "return !document.getElementById('eval-detail').hidden")
+    wait_for(d, "return !document.getElementById('eval-detail').hidden")
     assert "img02" in d.find_element(By.ID, "eval-detail-title").text
-    _wait_for(
+    wait_for(
         d, "return [...document.querySelectorAll('#eval-panels img')].every(i => i.complete && i.naturalWidth > 0)", 20
     )
     kinds = d.execute_script("return [...document.querySelectorAll('#eval-panels figcaption')].map(f => f.textContent)")
@@ -543,6 +521,6 @@ def test_eval_browser_in_chromium(browser, server):
 def test_page_breaks_no_content_security_policy_rule(browser, server):
     """Runs after the page tests (file order): nothing the page did was blocked by its own policy."""
     browser.get(server.url + "/#eval")
-    _wait_for(browser, "return document.body.dataset.ready === '1'")
+    wait_for(browser, "return document.body.dataset.ready === '1'")
     logs = browser.get_log("browser")
     assert not [e for e in logs if "Content Security Policy" in e["message"]], logs
