@@ -323,7 +323,8 @@ def test_benchmark_reports_per_call_time_preset_default_auto_rule_and_profile(tm
 
     cfg = tiny_config(T)
     proto = Protocol(
-        generations=2, steps=10, measure_steps=1, repeats=1, warmup=0, reference=False, train=False, matmul_n=64,
+        generations=2, sampling_steps=10, timed_sampling_steps=1, repeats=1, warmup=0, reference=False, train=False,
+        matmul_n=64,
         profile=str(tmp_path / "profile"),
     )  # fmt: skip
     report = run_benchmark([cfg], torch.device("cpu"), proto, progress=lambda m: None)
@@ -332,7 +333,7 @@ def test_benchmark_reports_per_call_time_preset_default_auto_rule_and_profile(tm
     assert fast["compile"] == "off" and res["rows_per_call"] == 2
     assert fast["ms_per_call"] == pytest.approx(1000 * fast["measured_seconds"])  # 1 call per step, 1 step
     d = res["preset_default"]  # the test config's own protocol: 2 generations x 3 steps, batches of 30
-    assert (d["generations"], d["steps"]) == (2, 3) and d["seconds_per_image_eager"] > 0
+    assert (d["generations"], d["sampling_steps"]) == (2, 3) and d["seconds_per_image_eager"] > 0
     assert res["auto"]["one_image_decision"] == "off" and res["auto"]["calls_per_image"] == 10
     prof = json.loads((tmp_path / "profile" / "profile.json").read_text())
     assert prof["top"] and prof["sdpa_backend"] in ("flash", "math", "efficient", "cudnn", "other")

@@ -231,7 +231,14 @@ def test_benchmark_smoke_reports_both_paths_and_training():
     from segdiff.bench.speed import Protocol, format_report, run_benchmark
 
     proto = Protocol(
-        generations=2, steps=10, measure_steps=1, repeats=1, warmup=0, train_steps=1, train_warmup=0, matmul_n=64
+        generations=2,
+        sampling_steps=10,
+        timed_sampling_steps=1,
+        repeats=1,
+        warmup=0,
+        train_steps=1,
+        train_warmup=0,
+        matmul_n=64,
     )
     report = run_benchmark([tiny_config(T)], torch.device("cpu"), proto, progress=lambda m: None)
     res = report["presets"][0]
@@ -241,5 +248,5 @@ def test_benchmark_smoke_reports_both_paths_and_training():
     assert fast["speedup_vs_reference"] == pytest.approx(ref["seconds_per_image"] / fast["seconds_per_image"])
     assert res["gflops_per_forward_without_G"] > 0 and res["gflops_G_per_image"] > 0 and fast["tflops"] > 0
     assert res["train"]["ours"]["samples_per_s"] > 0 and res["train"]["plain"]["samples_per_s"] > 0
-    assert report["environment"]["torch"] == torch.__version__ and report["protocol"]["steps"] == 10
+    assert report["environment"]["torch"] == torch.__version__ and report["protocol"]["sampling_steps"] == 10
     assert "fast:default" in format_report(report)

@@ -6,8 +6,8 @@ depend on the weights):
 * seconds per image for the protocol (default the paper's: 30 generations x 100 DDPM steps), of the
   fast path (`sample_x0`: G(I) once, generations batched, bf16 autocast on a GPU) and of the reference
   path (`reference_sample_x0`: the authors' way, G(I) at every step, generations one after another, fp16
-  on a GPU), measured in the same run, and their ratio. Both are timed on `measure_steps` of the
-  protocol's steps (and the reference on `reference_generations` of its generations) and scaled
+  on a GPU), measured in the same run, and their ratio. Both are timed on `timed_sampling_steps` of
+  the protocol's sampling steps (and the reference on `reference_generations` of its generations) and scaled
   linearly to the protocol; the output says so whenever a number is scaled. Every step costs the same
   (respacing changes only the coefficients), and the reference runs generations one after another, so
   the scaling is linear; for the fast path it overcounts G(I), computed once per image, which makes the
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..config import PredictConfig, RunConfig, preset
 from ..devices import synchronize
 from ..predict import compiling
@@ -72,10 +73,11 @@ def variant_overrides(name: str) -> dict:
 @dataclass
 class Protocol:
     generations: int = PredictConfig.generations  # the paper's protocol: 30 generations x 100 = T DDPM steps
-    steps: int = 100
+    sampling_steps: int = 100  # the sampling chain's length (--steps)
     sampler: str = PredictConfig.sampler
     variance: str = PredictConfig.variance
-    measure_steps: int = 20  # steps actually run per timed call (both paths); scaled to `steps`
+    timed_sampling_steps: int = 20  # sampling steps actually run per timed call (both paths); scaled to
+    # sampling_steps (--measure-steps)
     reference_generations: int | None = None  # generations actually run by the reference (None = all)
     repeats: int = 3  # timed calls per path (median reported), after `warmup` untimed calls
     warmup: int = 1
@@ -83,7 +85,7 @@ class Protocol:
     variants: list[str] = field(default_factory=lambda: ["default"])
     reference_batched: bool = False  # also time the authors' way with generations batched
     reference: bool = True
-    train_steps: int = 10  # timed training steps per mode (after 3 warm-up steps)
+    train_steps: int = 10  # timed optimizer steps per training mode (after train_warmup untimed ones)
     train_warmup: int = 3
     train: bool = True
     train_compile: bool = False  # also time the training step under torch.compile (and its compile time)
@@ -183,13 +185,126 @@ def _random_image(cfg: RunConfig, device: torch.device) -> torch.Tensor:
     return torch.randn(1, cfg.model.image_channels, s, s, generator=g).to(device)
 
 
-def _label(measured_steps: int, steps: int, measured_gens: int, gens: int) -> str:
+def _label(timed_sampling_steps: int, sampling_steps: int, measured_gens: int, gens: int) -> str:
     parts = []
-    if measured_steps != steps:
-        parts.append(f"{measured_steps} of {steps} steps")
+    if timed_sampling_steps != sampling_steps:
+        parts.append(f"{timed_sampling_steps} of {sampling_steps} steps")
     if measured_gens != gens:
         parts.append(f"{measured_gens} of {gens} generations")
     return "measured on " + ", ".join(parts) + ", scaled linearly" if parts else "measured at the full protocol"
+
+
+@dataclass
+class _Case:
+    """One preset's inference measurement: its network, a random image, the protocol's numbers and FLOPs."""
+
+    net: torch.nn.Module
+    sched: object
+    image: torch.Tensor
+    device: torch.device
+    G: int  # generations of the protocol
+    K: int  # its sampling steps
+    Km: int  # the sampling steps timed per call (scaled to K)
+    bg: int  # generations per network batch (fast path)
+    base: PredictConfig  # the protocol at Km timed sampling steps, eager
+    flops_net: int  # one network forward without G(I), batch 1
+    flops_g: int  # G(I) of one image
+
+
+def _timing(
+    times: list[float], flops_measured: float, scale: float, label: str, mem: PeakMemory, amp: str, warmup: int
+) -> dict:
+    """One path's result: the median of the timed calls, scaled to the protocol, with its TFLOP/s and memory."""
+    t = statistics.median(times)
+    return {
+        "seconds_per_image": t * scale,
+        "measured_seconds": t,
+        "measured_seconds_all": times,
+        "warmup_calls": warmup,
+        "scaled": scale != 1.0,
+        "scale": scale,
+        "how": label,
+        "amp": amp,
+        "tflops": flops_measured / t / 1e12,
+        "peak_memory_bytes": mem.bytes,
+        "peak_memory_kind": mem.kind,
+    }
+
+
+def _time_fast_variant(case: _Case, variant: str, proto: Protocol) -> dict:
+    """The fast path (sample_x0) under one variant's speed flags; a compiled variant's first call is timed
+    on its own (the compile, warm when the cache folder already holds it)."""
+    device, G, K, Km = case.device, case.G, case.K, case.Km
+    opts = replace(case.base, **variant_overrides(variant))
+    vnet = case.net if variant == "default" else copy.deepcopy(case.net)  # channels_last converts in place
+    run = lambda: sample_x0(vnet, case.sched, case.image, [0], opts)  # noqa: E731
+    # a compiled variant compiles in its first call (timed on its own); CUDA-graph trees record in the next
+    warmup = max(proto.warmup, 2) if opts.compile != "off" else proto.warmup
+    first_call = None
+    with PeakMemory(device) as mem:
+        if opts.compile != "off":
+            first_call = _timed(run, device, repeats=1, warmup=0)[0]
+            warmup -= 1
+        times = _timed(run, device, proto.repeats, warmup)
+    flops = case.flops_g + G * Km * case.flops_net
+    amp = "bf16" if device.type == "cuda" else "fp32"
+    r = _timing(times, flops, K / Km, _label(Km, K, G, G), mem, amp, warmup)
+    # per network call of rows_per_call rows (G(I), once per image, is spread over the calls)
+    calls_per_sampling_step = compiling.calls_for(1, G, case.bg, 1)  # network calls per sampling step, one image
+    r["ms_per_call"] = 1000 * r["measured_seconds"] / (calls_per_sampling_step * Km)
+    r["compile"] = opts.compile
+    if first_call is not None:
+        r["first_call_seconds"] = first_call
+        r["in_process_compile_seconds"] = first_call - r["measured_seconds"]
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return r
+
+
+def _time_preset_default(case: _Case, cfg: RunConfig, proto: Protocol, eager: dict) -> dict:
+    """Seconds per image at the preset's own default protocol (generations, sampling steps, batch): the
+    eager per-call time when its network batches are the protocol's, else timed on its own batches."""
+    p = cfg.predict
+    Gp, Kp, bgp = p.generations, p.steps_for(cfg.diffusion.steps), p.batch_generations
+    if (Gp, bgp) == (case.G, case.bg):
+        sec = eager["ms_per_call"] / 1000 * compiling.calls_for(1, Gp, bgp, Kp)
+        how = "per-call time of the protocol's batches (the same network batches)"
+    else:
+        km = min(case.Km, Kp)
+        popts = replace(case.base, generations=Gp, sampling_steps=km, batch_generations=bgp)
+        run = lambda: sample_x0(case.net, case.sched, case.image, [0], popts)  # noqa: E731
+        t = statistics.median(_timed(run, case.device, proto.repeats, 1))
+        sec, how = t * Kp / km, _label(km, Kp, Gp, Gp) + " (its own batches)"
+    return {
+        "generations": Gp,
+        "sampling_steps": Kp,
+        "batch_generations": bgp,
+        "sampler": p.sampler,
+        "seconds_per_image_eager": sec,
+        "how": how,
+    }
+
+
+def _time_reference(case: _Case, proto: Protocol) -> dict:
+    """The reference path, one generation after another (time is linear in the generations, so a subset may
+    be scaled) and, with proto.reference_batched, generations batched (not linear in its batch: always all)."""
+    G, K, Km = case.G, case.K, case.Km
+    ways = [("sequential", False, min(proto.reference_generations or G, G))]
+    if proto.reference_batched:
+        ways.append(("batched", True, G))
+    out = {}
+    for name, batched, gm in ways:
+        ref_opts = replace(case.base, generations=gm)
+
+        def run(o=ref_opts, b=batched):
+            return reference_sample_x0(case.net, case.sched, case.image, [0], o, batched=b)
+
+        with PeakMemory(case.device) as mem:
+            times = _timed(run, case.device, proto.repeats, proto.warmup)
+        flops = gm * Km * (case.flops_g + case.flops_net)
+        amp = reference_amp(case.device)
+        out[name] = _timing(times, flops, K / Km * G / gm, _label(Km, K, gm, G), mem, amp, proto.warmup)
+    return out
 
 
 def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> dict:
@@ -200,7 +315,8 @@ def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> di
     model = SegDiff(cfg, device)
     net, sched = model.net.eval(), model.schedule
     image = _random_image(cfg, device)
-    G, K, Km = proto.generations, proto.steps, min(proto.measure_steps, proto.steps)
+    G, K = proto.generations, proto.sampling_steps
+    Km = min(proto.timed_sampling_steps, K)
     bg = proto.batch_generations or cfg.predict.batch_generations
     base = PredictConfig(
         generations=G,
@@ -211,8 +327,6 @@ def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> di
         compile="off",  # the variant "default" is eager; compiled variants set compile
         compile_cache=proto.compile_cache,
     )
-    scale_steps = K / Km
-    calls_per_step = compiling.calls_for(1, G, bg, 1)  # network calls per sampling step for one image
 
     # FLOPs of one network forward per generation (batch 1) and of G(I) for one image (counts do not
     # depend on the precision)
@@ -223,113 +337,23 @@ def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> di
         cond1 = net.encode_image(image)
         flops_net = count_flops(lambda: net(x1, t1, cond1))
         flops_g = count_flops(lambda: net.encode_image(image))
-    params = sum(p.numel() for p in net.parameters())
-    params_g = sum(p.numel() for p in net.G.parameters())
+    case = _Case(net, sched, image, device, G, K, Km, bg, base, flops_net, flops_g)
     out: dict = {
         "preset": cfg.preset,
         "resolution": [s, s],
-        "params": params,
-        "params_G": params_g,
+        "params": sum(p.numel() for p in net.parameters()),
+        "params_G": sum(p.numel() for p in net.G.parameters()),
         "gflops_per_forward_without_G": flops_net / 1e9,
         "gflops_G_per_image": flops_g / 1e9,
         "batch_generations": bg,
         "rows_per_call": compiling.chunk_rows(1, G, bg),
-        "fast": {},
+        "fast": {variant: _time_fast_variant(case, variant, proto) for variant in proto.variants},
         "reference": {},
     }
-
-    def record(
-        kind: str,
-        name: str,
-        times: list[float],
-        flops_measured: float,
-        scale: float,
-        label: str,
-        mem: PeakMemory,
-        amp: str,
-        warmup: int,
-    ) -> None:
-        t = statistics.median(times)
-        out[kind][name] = {
-            "seconds_per_image": t * scale,
-            "measured_seconds": t,
-            "measured_seconds_all": times,
-            "warmup_calls": warmup,
-            "scaled": scale != 1.0,
-            "scale": scale,
-            "how": label,
-            "amp": amp,
-            "tflops": flops_measured / t / 1e12,
-            "peak_memory_bytes": mem.bytes,
-            "peak_memory_kind": mem.kind,
-        }
-
-    for variant in proto.variants:
-        opts = replace(base, **variant_overrides(variant))
-        vnet = net if variant == "default" else copy.deepcopy(net)  # channels_last converts in place
-        run = lambda vnet=vnet, opts=opts: sample_x0(vnet, sched, image, [0], opts)  # noqa: E731
-        # a compiled variant compiles in its first call (timed on its own); CUDA-graph trees record in the next
-        warmup = max(proto.warmup, 2) if opts.compile != "off" else proto.warmup
-        first_call = None
-        with PeakMemory(device) as mem:
-            if opts.compile != "off":
-                first_call = _timed(run, device, repeats=1, warmup=0)[0]
-                warmup -= 1
-            times = _timed(run, device, proto.repeats, warmup)
-        flops = flops_g + G * Km * flops_net
-        amp = "bf16" if device.type == "cuda" else "fp32"
-        record("fast", variant, times, flops, scale_steps, _label(Km, K, G, G), mem, amp, warmup)
-        r = out["fast"][variant]
-        # per network call of rows_per_call rows (G(I), once per image, is spread over the calls)
-        r["ms_per_call"] = 1000 * r["measured_seconds"] / (calls_per_step * Km)
-        r["compile"] = opts.compile
-        if first_call is not None:
-            r["first_call_seconds"] = first_call  # compiles (warm when the cache folder already holds it)
-            r["in_process_compile_seconds"] = first_call - r["measured_seconds"]
-        if vnet is not net:
-            del vnet
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
     if proto.preset_default and "default" in out["fast"]:
-        # the preset's own default protocol (generations, steps, batch): the same per-call time when its
-        # network batches are the protocol's, else timed on its own batches
-        p = cfg.predict
-        Gp, Kp, bgp = p.generations, p.steps_for(cfg.diffusion.steps), p.batch_generations
-        eager = out["fast"]["default"]
-        if (Gp, bgp) == (G, bg):
-            sec = eager["ms_per_call"] / 1000 * compiling.calls_for(1, Gp, bgp, Kp)
-            how = "per-call time of the protocol's batches (the same network batches)"
-        else:
-            km = min(Km, Kp)
-            popts = replace(base, generations=Gp, sampling_steps=km, batch_generations=bgp)
-            t = statistics.median(_timed(lambda: sample_x0(net, sched, image, [0], popts), device, proto.repeats, 1))
-            sec, how = t * Kp / km, _label(km, Kp, Gp, Gp) + " (its own batches)"
-        out["preset_default"] = {
-            "generations": Gp,
-            "steps": Kp,
-            "batch_generations": bgp,
-            "sampler": p.sampler,
-            "seconds_per_image_eager": sec,
-            "how": how,
-        }
-
+        out["preset_default"] = _time_preset_default(case, cfg, proto, out["fast"]["default"])
     if proto.reference:
-        # one generation after another: time is linear in the generations, so a subset may be scaled;
-        # the batched variant is not linear in its batch and always runs all generations
-        ways = [("sequential", False, min(proto.reference_generations or G, G))]
-        if proto.reference_batched:
-            ways.append(("batched", True, G))
-        for name, batched, gm in ways:
-            ref_opts = replace(base, generations=gm)
-            run = lambda o=ref_opts, b=batched: reference_sample_x0(net, sched, image, [0], o, batched=b)  # noqa: E731
-            with PeakMemory(device) as mem:
-                times = _timed(run, device, proto.repeats, proto.warmup)
-            flops = gm * Km * (flops_g + flops_net)
-            label = _label(Km, K, gm, G)
-            record(
-                "reference", name, times, flops, scale_steps * G / gm, label, mem, reference_amp(device), proto.warmup
-            )
+        out["reference"] = _time_reference(case, proto)
     ref = out["reference"].get("sequential")
     for res in out["fast"].values():
         if ref:
@@ -373,25 +397,25 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
     t = torch.randint(len(model.schedule), (n,), generator=g).to(device)
     eps = torch.randn(n, 1, s, s, generator=g).to(device)
     amp = torch.bfloat16 if (ours and cuda) else None
-    step_no = [0]
+    step = [0]  # the optimizer step's number
 
-    def step():
-        train_step(loss_mod, net, opt, ema, (image, x0, t, eps), step_no[0], tc.grad_clip, amp)
-        step_no[0] += 1
+    def optimizer_step():
+        train_step(loss_mod, net, opt, ema, (image, x0, t, eps), step[0], tc.grad_clip, amp)
+        step[0] += 1
 
-    def steps():
+    def timed_steps():
         for _ in range(proto.train_steps):
-            step()
+            optimizer_step()
 
     with PeakMemory(device) as mem:
         first_s = _timed(step, device, repeats=1, warmup=0)[0]  # includes the compile in mode "compiled"
         for _ in range(proto.train_warmup - 1):
             step()
-        seconds = _timed(steps, device, repeats=1, warmup=0)[0]
+        seconds = _timed(timed_steps, device, repeats=1, warmup=0)[0]
     result = {
         "mode": mode,
         "batch_size": n,
-        "steps": proto.train_steps,
+        "optimizer_steps": proto.train_steps,
         "seconds": seconds,
         "samples_per_s": n * proto.train_steps / seconds,
         "amp": "bf16" if amp is not None else "fp32",
@@ -436,7 +460,7 @@ def compile_times(
 
 def auto_rule(res: dict, device: torch.device, proto: Protocol) -> dict:
     """What compile="auto" decides for this preset (its constants), and the same rule with this run's numbers."""
-    G, K, bg = proto.generations, proto.steps, res["batch_generations"]
+    G, K, bg = proto.generations, proto.sampling_steps, res["batch_generations"]
     calls = compiling.calls_for(1, G, bg, K)
     rows = res["rows_per_call"]
     est_call = rows * res["gflops_per_forward_without_G"] * 1e9 / (compiling.EAGER_TFLOPS * 1e12)
@@ -549,13 +573,13 @@ def profile_sampling(cfg: RunConfig, device: torch.device, proto: Protocol, fold
         "sdpa_backend": backend,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "profile.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(folder / "profile.json", json.dumps(summary, indent=2) + "\n")
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     try:
         table = events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=80)
     except (KeyError, AttributeError):  # the sort key was renamed
         table = events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=80)
-    (folder / "profile.txt").write_text(f"SDPA backend seen: {backend}\n\n{table}\n")
+    atomic_write_text(folder / "profile.txt", f"SDPA backend seen: {backend}\n\n{table}\n")
     return summary
 
 
@@ -612,8 +636,9 @@ def format_report(report: dict) -> str:
     lines = [
         f"device: {env['device_name']} ({env['device']}), torch {env['torch']}"
         + (f", CUDA {env.get('cuda')}" if "cuda" in env else f", {env['cpu_threads']} CPU threads"),
-        f"protocol: {proto['generations']} generations x {proto['steps']} steps, {proto['sampler']}"
-        f" (variance {proto['variance']}); timed on {proto['measure_steps']} steps, median of {proto['repeats']}"
+        f"protocol: {proto['generations']} generations x {proto['sampling_steps']} steps, {proto['sampler']}"
+        f" (variance {proto['variance']}); timed on {proto['timed_sampling_steps']} steps, median of"
+        f" {proto['repeats']}"
         f" after {proto['warmup']} warm-up",
         f"matmul peak: {mp['tflops']:.2f} TFLOP/s ({mp['dtype']}, {mp['n']}^3)",
         "",
@@ -635,7 +660,7 @@ def format_report(report: dict) -> str:
         if "preset_default" in res:
             d = res["preset_default"]
             lines.append(
-                f"{res['preset']:<11}preset default ({d['generations']} generations x {d['steps']} steps): "
+                f"{res['preset']:<11}preset default ({d['generations']} generations x {d['sampling_steps']} steps): "
                 f"{d['seconds_per_image_eager']:.3f} s/image eager ({d['how']})"
             )
         ct = res.get("compile_times")
@@ -668,7 +693,7 @@ def format_report(report: dict) -> str:
             lines.append(
                 f"{res['preset']:<11}train samples/s: ours {tr['ours']['samples_per_s']:.2f} ({tr['ours']['amp']},"
                 f" {tr['ours']['optimizer']}), plain fp32 {tr['plain']['samples_per_s']:.2f},"
-                f" {tr['speedup']:.2f}x (batch {tr['ours']['batch_size']}, {tr['ours']['steps']} steps)"
+                f" {tr['speedup']:.2f}x (batch {tr['ours']['batch_size']}, {tr['ours']['optimizer_steps']} steps)"
             )
             if "compiled" in tr:
                 c = tr["compiled"]
@@ -709,8 +734,9 @@ def format_markdown(report: dict) -> str:
     lines = [
         head,
         "",
-        f"| preset | path | ms / call (rows) | s / image {proto['generations']} x {proto['steps']} | s / image preset"
-        " default (eager) | TFLOP/s | of peak | compile cold / warm (s) | warm start to first call (s) | peak memory |",
+        f"| preset | path | ms / call (rows) | s / image {proto['generations']} x {proto['sampling_steps']} |"
+        " s / image preset default (eager) | TFLOP/s | of peak | compile cold / warm (s) |"
+        " warm start to first call (s) | peak memory |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for res in report["presets"]:
@@ -744,13 +770,13 @@ def cli(args) -> int:
         torch.backends.cudnn.benchmark = True
     if args.threads:
         torch.set_num_threads(args.threads)
-    proto = Protocol(generations=args.generations, steps=args.steps, sampler=args.sampler)
+    proto = Protocol(generations=args.generations, sampling_steps=args.steps, sampler=args.sampler)
     presets = args.preset or (["tiny"] if args.quick else list(PRESETS))
     if args.quick:
         # a smoke run: every number is still measured and scaled the same way, on less work
         proto = replace(
             proto,
-            measure_steps=2,
+            timed_sampling_steps=2,
             reference_generations=3,
             repeats=1,
             warmup=1,
@@ -759,7 +785,7 @@ def cli(args) -> int:
             quick=True,
         )
     if args.measure_steps:
-        proto.measure_steps = args.measure_steps
+        proto.timed_sampling_steps = args.measure_steps
     if args.repeats:
         proto.repeats = args.repeats
     if args.train_steps:
@@ -783,21 +809,21 @@ def cli(args) -> int:
     T = min(preset(p).diffusion.steps for p in presets)
     checks = {
         "--generations": (proto.generations, proto.generations >= 1, "must be at least 1"),
-        "--steps": (proto.steps, 1 <= proto.steps <= T, f"must be between 1 and T = {T}"),
+        "--steps": (proto.sampling_steps, 1 <= proto.sampling_steps <= T, f"must be between 1 and T = {T}"),
         "--batch-generations": (args.batch_generations, (args.batch_generations or 1) >= 1, "must be at least 1"),
         "--repeats": (proto.repeats, proto.repeats >= 1, "must be at least 1"),
     }
     for flag, (value, ok, problem) in checks.items():
         if not ok:
             raise UserError(f"{flag} {value}: {problem}")
-    if not 1 <= proto.measure_steps <= proto.steps:
-        raise UserError(f"--measure-steps {proto.measure_steps}: must be between 1 and --steps {proto.steps}")
+    if not 1 <= proto.timed_sampling_steps <= proto.sampling_steps:
+        raise UserError(
+            f"--measure-steps {proto.timed_sampling_steps}: must be between 1 and --steps {proto.sampling_steps}"
+        )
     if device.type == "cpu" and not args.quick and any(p != "tiny" for p in presets):
         print("note: paper presets on a CPU take a long time; --quick runs the tiny preset")
 
     def write(report: dict) -> None:
-        from ..atomic import atomic_write_text
-
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(Path(args.out), json.dumps(report, indent=2) + "\n")
