@@ -92,12 +92,8 @@ def run_study(
     progress: bool = True,
 ) -> dict:
     """Run the study of `model` (a SegDiff) on the split folder `data` (images/ and masks/)."""
-    from tqdm import tqdm
-
     from ..data.dataset import load_pair
     from ..data.folder import pair_split
-    from ..metrics import CalibrationAccumulator, calibration_score, f1, iou
-    from ..predict.ensemble import summarise
     from .machine import environment
 
     out = Path(out)
@@ -139,70 +135,8 @@ def run_study(
 
     # warm-up (allocator, cuDNN autotuning, compilation): one untimed run at the smallest grid point
     model.predict_x0(pairs[0][1][None], [pairs[0][0]], opts_for(specs[0], min(steps)))
-
-    per_image: list[dict] = []
-    acc: dict[tuple[str, int, int], dict] = {}
-    seconds: dict[tuple[str, int], list[float]] = {}
-    bar = tqdm(total=len(combos) * len(pairs), disable=not progress, desc="study", unit="run")
-    for spec, k in combos:
-        opts = opts_for(spec, k)
-        for stem, image, mask in pairs:
-            gt = mask[0].numpy() > 0.5
-            synchronize(device)
-            t0 = time.perf_counter()
-            x0 = model.predict_x0(image[None], [stem], opts)
-            synchronize(device)
-            dt = time.perf_counter() - t0
-            seconds.setdefault((spec.name, k), []).append(dt)
-            p = summarise(x0)["samples"][0].cpu().numpy()  # [G, H, W] in [0, 1]
-            probs = first_n_means(p)
-            for n in range(1, generations + 1):
-                prob = np.clip(probs[n - 1], 0.0, 1.0)
-                pred = prob >= 0.5
-                a = acc.setdefault((spec.name, k, n), {"iou": [], "f1": [], "calib": CalibrationAccumulator()})
-                row = {
-                    "image": stem,
-                    "sampler": spec.name,
-                    "steps": k,
-                    "generations": n,
-                    "iou": iou(pred, gt),
-                    "f1": f1(pred, gt),
-                    "calibration": calibration_score(prob, gt),
-                    "seconds": dt,
-                }
-                a["iou"].append(row["iou"])
-                a["f1"].append(row["f1"])
-                a["calib"].add(prob, gt)
-                per_image.append(row)
-            bar.update(1)
-    bar.close()
-
-    rows = []
-    for spec, k in combos:
-        for n in range(1, generations + 1):
-            a = acc[(spec.name, k, n)]
-            cal = a["calib"].summary()
-            rows.append(
-                {
-                    "sampler": spec.name,
-                    "method": spec.sampler,
-                    "variance": spec.variance if spec.sampler == "ddpm" else "",
-                    "eta": spec.eta if spec.sampler == "ddim" else "",
-                    "steps": k,
-                    "generations": n,
-                    "images": len(pairs),
-                    "iou": float(np.mean(a["iou"])),
-                    "iou_std": float(np.std(a["iou"])),
-                    "f1": float(np.mean(a["f1"])),
-                    "f1_std": float(np.std(a["f1"])),
-                    "calibration": cal["mean"],
-                    "calibration_stderr": cal["stderr"],
-                    "calibration_pooled": cal["pooled"],
-                    "ece": cal["ece"],
-                    "seconds_per_image": float(np.mean(seconds[(spec.name, k)])),
-                    "steps_x_generations": k * n,
-                }
-            )
+    acc, seconds, per_image = _sample_grid(model, pairs, combos, opts_for, generations, progress)
+    rows = _summary_rows(acc, seconds, combos, generations, len(pairs))
 
     csv_path, img_csv = out / "study.csv", out / "study_per_image.csv"
     _write_csv(csv_path, rows)
@@ -238,6 +172,85 @@ def run_study(
     }
     atomic_write_text(out / "study.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def _sample_grid(model, pairs: list, combos: list, opts_for, generations: int, progress: bool):
+    """Every image sampled once per (sampler, sampling steps) with all generations, timed (device
+    synchronised); scored at n = 1..generations (the mean of the first n samples). Returns the per-(sampler,
+    sampling steps, n) accumulators, the seconds per (sampler, sampling steps) and the per-image rows."""
+    from tqdm import tqdm
+
+    from ..metrics import CalibrationAccumulator, calibration_score, f1, iou
+    from ..predict.ensemble import summarise
+
+    per_image: list[dict] = []
+    acc: dict[tuple[str, int, int], dict] = {}
+    seconds: dict[tuple[str, int], list[float]] = {}
+    bar = tqdm(total=len(combos) * len(pairs), disable=not progress, desc="study", unit="run")
+    for spec, k in combos:
+        opts = opts_for(spec, k)
+        for stem, image, mask in pairs:
+            gt = mask[0].numpy() > 0.5
+            synchronize(model.device)
+            t0 = time.perf_counter()
+            x0 = model.predict_x0(image[None], [stem], opts)
+            synchronize(model.device)
+            dt = time.perf_counter() - t0
+            seconds.setdefault((spec.name, k), []).append(dt)
+            p = summarise(x0)["samples"][0].cpu().numpy()  # [G, H, W] in [0, 1]
+            probs = first_n_means(p)
+            for n in range(1, generations + 1):
+                prob = np.clip(probs[n - 1], 0.0, 1.0)
+                pred = prob >= 0.5
+                a = acc.setdefault((spec.name, k, n), {"iou": [], "f1": [], "calib": CalibrationAccumulator()})
+                row = {
+                    "image": stem,
+                    "sampler": spec.name,
+                    "steps": k,
+                    "generations": n,
+                    "iou": iou(pred, gt),
+                    "f1": f1(pred, gt),
+                    "calibration": calibration_score(prob, gt),
+                    "seconds": dt,
+                }
+                a["iou"].append(row["iou"])
+                a["f1"].append(row["f1"])
+                a["calib"].add(prob, gt)
+                per_image.append(row)
+            bar.update(1)
+    bar.close()
+    return acc, seconds, per_image
+
+
+def _summary_rows(acc: dict, seconds: dict, combos: list, generations: int, n_images: int) -> list[dict]:
+    """One row of study.csv per sampler x sampling steps x generations: means over the images."""
+    rows = []
+    for spec, k in combos:
+        for n in range(1, generations + 1):
+            a = acc[(spec.name, k, n)]
+            cal = a["calib"].summary()
+            rows.append(
+                {
+                    "sampler": spec.name,
+                    "method": spec.sampler,
+                    "variance": spec.variance if spec.sampler == "ddpm" else "",
+                    "eta": spec.eta if spec.sampler == "ddim" else "",
+                    "steps": k,
+                    "generations": n,
+                    "images": n_images,
+                    "iou": float(np.mean(a["iou"])),
+                    "iou_std": float(np.std(a["iou"])),
+                    "f1": float(np.mean(a["f1"])),
+                    "f1_std": float(np.std(a["f1"])),
+                    "calibration": cal["mean"],
+                    "calibration_stderr": cal["stderr"],
+                    "calibration_pooled": cal["pooled"],
+                    "ece": cal["ece"],
+                    "seconds_per_image": float(np.mean(seconds[(spec.name, k)])),
+                    "steps_x_generations": k * n,
+                }
+            )
+    return rows
 
 
 def recommend(rows: list[dict], T: int, generations: int) -> dict | None:
