@@ -186,7 +186,7 @@ def make_config(args, train_minutes: float) -> RunConfig:
     tc.val_every = args.val_every
     tc.val_max_images = None
     # the validation at the end of training only picks raw or EMA weights (the grid below chooses the sampling)
-    tc.val_generations, tc.val_steps = 2, min(tc.val_steps or 10, 10)
+    tc.val_generations, tc.val_sampling_steps = 2, min(tc.val_sampling_steps or 10, 10)
     tc.save_every = 0  # weights are written once at the end (and best.safetensors at each better validation)
     tc.seed = args.seed
     if args.compile:
@@ -748,7 +748,7 @@ def segdiff_result(
             "amp": "bf16" if device.type == "cuda" else "fp32",
             "seed": args.seed,
             "batch_generations": sel.batch_generations,
-            "weights": Path(getattr(model, "weights_file", "")).name,
+            "weights": Path(model.weights_file or "").name,
             "predict_seconds": pred["seconds"],
             "mask": "mean over generations of clamp((x0 + 1) / 2) >= 0.5",
         },
@@ -756,7 +756,7 @@ def segdiff_result(
             **_training_record(trained),
             "val_every": cfg.train.val_every,
             "validation": f"{len(split['val'])} held-out training images, {cfg.train.val_generations} "
-            f"generations x {cfg.train.val_steps} steps; the better of raw and EMA weights is kept",
+            f"generations x {cfg.train.val_sampling_steps} sampling steps; the better of raw and EMA weights is kept",
             "train_images": split["train"],
             "val_images": split["val"],
             "crop": cfg.data.augment.crop,
@@ -797,7 +797,7 @@ def baseline_phase(bench: Bench, cfg: RunConfig, minutes: float) -> dict:
     bcfg.train.budget_fixed_at = None
     if bcfg.train.budget_minutes is not None:
         bcfg.train.budget_minutes, bcfg.train.max_steps = minutes, 10**9
-    bcfg.train.val_generations, bcfg.train.val_steps = 1, 1
+    bcfg.train.val_generations, bcfg.train.val_sampling_steps = 1, 1
     folder = bench.out / "baseline"
     trained = train_phase(bench, "baseline_train", bcfg, folder / "run")
     _, scores = predict_phase(bench, "baseline_", trained.model, folder, generations=1)

@@ -47,7 +47,7 @@ def narrow_config(crop: int = 32) -> RunConfig:
     cfg.predict = dataclasses.replace(cfg.predict, mode="tile")
     t = cfg.train
     t.log_every, t.val_every, t.save_every = 25, 0, 0
-    t.val_generations, t.val_steps = 1, 1  # the loop's own final validation is kept cheap: scoring is below
+    t.val_generations, t.val_sampling_steps = 1, 1  # the loop's own final validation is kept cheap: scoring is below
     return cfg
 
 

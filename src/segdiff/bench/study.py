@@ -165,7 +165,7 @@ def run_study(
             "mean over images; the same for every n of a (sampler, steps) pair",
         },
         "environment": environment(device),
-        "weights": str(getattr(model, "weights_file", "")),
+        "weights": str(model.weights_file or ""),
         "recommendation": rec,
         "rows": rows,
         "files": {"csv": str(csv_path), "per_image_csv": str(img_csv), "plots": [str(p) for p in plots]},
