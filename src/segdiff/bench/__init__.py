@@ -1,8 +1,16 @@
-"""Speed and quality-vs-cost measurement: `segdiff benchmark` and `segdiff study`.
+"""Every benchmark of the project (docs/benchmarks.md): `segdiff benchmark`, `segdiff study` and the programs
+run as `python -m segdiff.bench.<name>`.
 
-reference.py: the reference sampling path (the authors' way), kept for same-run comparisons.
-speed.py:     `segdiff benchmark`: seconds per image, TFLOP/s, memory, training throughput.
-study.py:     `segdiff study`: IoU / F1 / calibration against generations, steps and sampler.
+speed.py:           `segdiff benchmark`: seconds per image, TFLOP/s, memory, training throughput.
+study.py:           `segdiff study`: IoU / F1 / calibration against generations, sampling steps and sampler.
+monuseg.py:         the MoNuSeg benchmark within a time budget (training, choice of the sampling setting on
+                    validation, test prediction, evaluation, a one-pass baseline).
+recipe_cpu.py:      one training lever at a time on the MoNuSeg validation images, on a CPU.
+reliability_gpu.py: GPU memory estimate against measurement; the cost of the non-finite check.
+compile_probe.py:   compile time in a fresh process (`segdiff benchmark --compile-times`).
+reference.py:       the reference sampling path (the authors' way), kept for same-run comparisons.
+select.py:          the choice of a sampling setting on validation (monuseg.py).
+machine.py:         the environment every report records, and the --device check.
 
 The argument parsers live here and import nothing heavy, so that `segdiff --help` stays fast.
 """
