@@ -237,16 +237,24 @@ def _predict_shown(run: _Run, images: list[np.ndarray], keys: list[str], return_
     return run.model.predict(batch, keys=keys, opts=run.opts, return_samples=return_samples)
 
 
-def _report(out: Path, run: _Run, data_text: str, test_images: int, test: dict, baseline: dict, t0: float, **extra):
+def _report(
+    out: Path,
+    run: _Run,
+    data_text: str,
+    test_images: int,
+    test: dict,
+    baseline: dict,
+    t0: float,
+    classes: list[str] | None = None,
+    T: int | None = None,
+) -> dict:
     """report.json (written atomically): the protocol, the test scores, the baseline and the seconds.
-    `extra`: protocol entries of one demo (classes: after data; T: after sampling_steps)."""
+    The binary demo records T, the multi-class demo its classes (each where it always stood in the file)."""
     model, opts = run.model, run.opts
-    classes = {"classes": extra["classes"]} if "classes" in extra else {}
-    T = {"T": extra["T"]} if "T" in extra else {}
     report = {
         "protocol": {
             "data": data_text,
-            **classes,
+            **({"classes": classes} if classes is not None else {}),
             "train_images": 160,
             "val_images": 16,
             "test_images": test_images,
@@ -257,7 +265,7 @@ def _report(out: Path, run: _Run, data_text: str, test_images: int, test: dict, 
             "weights": Path(model.weights_file or "").name,
             "generations": opts.generations,
             "sampling_steps": opts.steps_for(model.config.diffusion.steps),
-            **T,
+            **({"T": T} if T is not None else {}),
             "sampler": opts.sampler,
             "variance": opts.variance,
             "device": str(model.device),
