@@ -762,17 +762,12 @@ def format_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cli(args) -> int:
-    """`segdiff benchmark` (arguments from segdiff.bench.add_parsers)."""
+def protocol_from_args(args) -> Protocol:
+    """The Protocol of `segdiff benchmark`'s flags (--quick: a smoke run), checked: a bad value is a
+    UserError naming its flag."""
     from ..errors import UserError
 
-    device = bench_device(args.device)
-    if args.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
-    if args.threads:
-        torch.set_num_threads(args.threads)
     proto = Protocol(generations=args.generations, sampling_steps=args.steps, sampler=args.sampler)
-    presets = args.preset or (["tiny"] if args.quick else list(PRESETS))
     if args.quick:
         # a smoke run: every number is still measured and scaled the same way, on less work
         proto = replace(
@@ -785,13 +780,13 @@ def cli(args) -> int:
             train_warmup=1,
             quick=True,
         )
-    if args.measure_steps:
+    if args.measure_steps is not None:
         proto.timed_sampling_steps = args.measure_steps
-    if args.repeats:
+    if args.repeats is not None:
         proto.repeats = args.repeats
-    if args.train_steps:
+    if args.train_steps is not None:
         proto.train_steps = args.train_steps
-    if args.reference_generations:
+    if args.reference_generations is not None:
         proto.reference_generations = args.reference_generations
     proto.batch_generations = args.batch_generations
     proto.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -807,12 +802,18 @@ def cli(args) -> int:
             variant_overrides(v)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    T = min(preset(p).diffusion.steps for p in presets)
+    T = min(preset(p).diffusion.steps for p in _presets(args))
     checks = {
         "--generations": (proto.generations, proto.generations >= 1, "must be at least 1"),
         "--steps": (proto.sampling_steps, 1 <= proto.sampling_steps <= T, f"must be between 1 and T = {T}"),
         "--batch-generations": (args.batch_generations, (args.batch_generations or 1) >= 1, "must be at least 1"),
         "--repeats": (proto.repeats, proto.repeats >= 1, "must be at least 1"),
+        "--train-steps": (proto.train_steps, proto.train_steps >= 1, "must be at least 1"),
+        "--reference-generations": (
+            proto.reference_generations,
+            (proto.reference_generations or 1) >= 1,
+            "must be at least 1",
+        ),
     }
     for flag, (value, ok, problem) in checks.items():
         if not ok:
@@ -821,6 +822,22 @@ def cli(args) -> int:
         raise UserError(
             f"--measure-steps {proto.timed_sampling_steps}: must be between 1 and --steps {proto.sampling_steps}"
         )
+    return proto
+
+
+def _presets(args) -> list[str]:
+    return args.preset or (["tiny"] if args.quick else list(PRESETS))
+
+
+def cli(args) -> int:
+    """`segdiff benchmark` (arguments from segdiff.bench.add_parsers)."""
+    device = bench_device(args.device)
+    if args.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    proto = protocol_from_args(args)
+    presets = _presets(args)
     if device.type == "cpu" and not args.quick and any(p != "tiny" for p in presets):
         print("note: paper presets on a CPU take a long time; --quick runs the tiny preset")
 

@@ -1,6 +1,7 @@
-"""The MoNuSeg benchmark (`python -m segdiff.bench.monuseg`): its argument checks, and one --tiny pipeline run on
-synthetic 64 x 64 images through every phase (data view, training, fixed sampling setting, prediction,
-evaluation, figures, the grey-threshold reference and the one-pass baseline)."""
+"""The benchmarks' entry points: `segdiff benchmark`'s flag checks, and the MoNuSeg benchmark
+(`python -m segdiff.bench.monuseg`): its argument checks, and one --tiny pipeline run on synthetic 64 x 64
+images through every phase (data view, training, fixed sampling setting, prediction, evaluation, figures,
+the grey-threshold reference and the one-pass baseline)."""
 
 import json
 
@@ -10,7 +11,24 @@ import torch
 from conftest import make_dataset
 from segdiff.bench import monuseg
 from segdiff.bench.machine import bench_device, environment
+from segdiff.cli import main as segdiff_main
 from segdiff.errors import UserError
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--measure-steps", "5", "--steps", "2"], "--measure-steps 5: must be between 1 and --steps 2"),
+        (["--steps", "101"], "--steps 101: must be between 1 and T = 100"),
+        (["--repeats", "0"], "--repeats 0: must be at least 1"),
+        (["--train-steps", "0"], "--train-steps 0: must be at least 1"),
+        (["--variants", "default,fast"], "unknown fast-path variant 'fast'"),
+    ],
+)
+def test_benchmark_flags_are_checked_before_any_work(flags, message, capsys):
+    assert segdiff_main(["benchmark", "--quick", "--device", "cpu", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segdiff benchmark: error: ") and message in err and len(err.splitlines()) == 1
 
 
 def test_arguments_are_checked_before_any_work(tmp_path):
