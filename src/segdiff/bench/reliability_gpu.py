@@ -54,7 +54,7 @@ def step_rows(device: torch.device, timed_steps: int = 30) -> list[dict]:
     net = model.net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
     ema = EMA(net, 0.9999)
-    loss_mod = LossModule(model)
+    loss_mod = LossModule(net, model.schedule, model.config)
     n, s = 8, 256
     batch = (
         torch.rand(n, 3, s, s, device=device),

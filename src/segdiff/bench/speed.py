@@ -387,7 +387,7 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
     opt_kw = {"fused": True} if (ours and cuda) else {}
     opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, **opt_kw)
     ema = EMA(net, tc.ema_rate)
-    loss_mod = LossModule(model)
+    loss_mod = LossModule(net, model.schedule, model.config)
     if mode == "compiled":
         loss_mod = torch.compile(loss_mod)
     n, s = tc.batch_size, cfg.data.size
