@@ -47,7 +47,7 @@ def step_rows(device: torch.device, timed_steps: int = 30) -> list[dict]:
     from ..api import SegDiff
     from ..config import preset
     from ..train.ema import EMA
-    from ..train.loop import LossModule, train_step
+    from ..train.step import LossModule, train_step
 
     cfg = preset("monuseg")
     model = SegDiff(cfg, device)

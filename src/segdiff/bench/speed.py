@@ -376,7 +376,7 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
     On a CPU "ours" and "plain" are the same fp32 step."""
     from ..api import SegDiff
     from ..train.ema import EMA
-    from ..train.loop import LossModule, train_step
+    from ..train.step import LossModule, train_step
 
     torch.manual_seed(0)
     model = SegDiff(cfg, device)
