@@ -119,7 +119,7 @@ def run_study(
     # compile="auto": decided once for the whole grid (every image at every sampler and number of steps)
     grid = model.sampling_options(generations=generations, sampling_steps=1, batch_generations=batch_generations)
     compile_mode = model.resolve_compile(grid, [tuple(im.shape[-2:]) for _, im, _ in pairs], sum(steps) * len(specs))
-    compile_reason = getattr(getattr(model, "compile_decision", None), "reason", "set explicitly")
+    compile_reason = model.compile_decision.reason
 
     def opts_for(spec: SamplerSpec, k: int):
         return model.sampling_options(
