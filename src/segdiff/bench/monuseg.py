@@ -351,7 +351,11 @@ def test_figure(path: Path, view: Path, pred: Path, stems: list[str], per_image:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m segdiff.bench.monuseg",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawTextHelpFormatter,
+    )
     p.add_argument("--data", required=True, type=Path, help="MoNuSeg root: {train,test}/{images,masks}")
     p.add_argument("--out", required=True, type=Path, help="output folder (results.json, PNGs, run/, pred/)")
     p.add_argument(

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from ..api import SegDiff
 from ..config import AugmentConfig, DataConfig, RunConfig, apply_overrides, parse_assignments, preset
 from ..data.folder import pair_split
 from ..data.io import read_image, read_mask, write_mask, write_png
+from ..errors import UserError
 from ..metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
 from ..train.loop import train
 from .monuseg import val_split
@@ -96,7 +98,9 @@ def score(model: SegDiff, val_dir: Path, settings) -> dict:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(
+        prog="python -m segdiff.bench.recipe_cpu",
+    )
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", required=True)
@@ -142,4 +146,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:
+        sys.exit(f"error: {exc}")

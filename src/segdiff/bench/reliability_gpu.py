@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
 
 from ..atomic import atomic_write_text
 from ..devices import synchronize
+from ..errors import UserError
 from .machine import bench_device
 
 
@@ -78,7 +80,7 @@ def step_rows(device: torch.device, timed_steps: int = 30) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m segdiff.bench.reliability_gpu", description=__doc__.splitlines()[0])
     ap.add_argument("--device", help="a CUDA device (default: cuda when available)")
     ap.add_argument("--out", default="reliability-gpu.json")
     args = ap.parse_args(argv)
@@ -95,4 +97,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:
+        sys.exit(f"error: {exc}")
