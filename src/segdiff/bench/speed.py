@@ -70,6 +70,11 @@ def variant_overrides(name: str) -> dict:
     return out
 
 
+def first_compiled_mode(variants: list[str]) -> str | None:
+    """The compile mode of the first compiled variant of `variants`, None when all are eager."""
+    return next((m for m in (variant_overrides(v).get("compile") for v in variants) if m), None)
+
+
 @dataclass
 class Protocol:
     generations: int = PredictConfig.generations  # the paper's protocol: 30 generations x 100 = T DDPM steps
@@ -95,6 +100,10 @@ class Protocol:
     compile_cache: str | None = None  # cache folder of the compiled variants (None: a fresh one per run)
     preset_default: bool = True  # also seconds per image at the preset's own default protocol
     profile: str | None = None  # folder: torch.profiler summary of the first preset's sampling steps
+
+    def batch_for(self, cfg: RunConfig) -> int:
+        """Generations per network batch of the fast path: --batch-generations, else the preset's."""
+        return self.batch_generations or cfg.predict.batch_generations
 
 
 def _timed(fn, device: torch.device, repeats: int, warmup: int) -> list[float]:
@@ -177,6 +186,14 @@ def matmul_peak(device: torch.device, n: int | None = None, repeats: int = 5) ->
         "tflops": 2 * n**3 / best / 1e12,
         "note": f"best of {repeats} x {iters} matmuls {n}x{n} @ {n}x{n}",
     }
+
+
+def _seeded_model(cfg: RunConfig, device: torch.device):
+    """A SegDiff of `cfg` with random weights drawn from seed 0 (speed does not depend on the weights)."""
+    from ..api import SegDiff
+
+    torch.manual_seed(0)
+    return SegDiff(cfg, device)
 
 
 def _random_image(cfg: RunConfig, device: torch.device) -> torch.Tensor:
@@ -309,15 +326,12 @@ def _time_reference(case: _Case, proto: Protocol) -> dict:
 
 def bench_inference(cfg: RunConfig, device: torch.device, proto: Protocol) -> dict:
     """Fast path(s) and reference path for one preset; returns a dict of results."""
-    from ..api import SegDiff
-
-    torch.manual_seed(0)
-    model = SegDiff(cfg, device)
+    model = _seeded_model(cfg, device)
     net, sched = model.net.eval(), model.schedule
     image = _random_image(cfg, device)
     G, K = proto.generations, proto.sampling_steps
     Km = min(proto.timed_sampling_steps, K)
-    bg = proto.batch_generations or cfg.predict.batch_generations
+    bg = proto.batch_for(cfg)
     base = PredictConfig(
         generations=G,
         sampling_steps=Km,
@@ -374,12 +388,10 @@ def bench_training(cfg: RunConfig, device: torch.device, proto: Protocol, mode: 
     step in eager fp32 with PyTorch's default AdamW; "compiled": "ours" with the loss module under
     torch.compile (TrainConfig.compile = "default"), its first step (the compile) timed on its own.
     On a CPU "ours" and "plain" are the same fp32 step."""
-    from ..api import SegDiff
     from ..train.ema import EMA
     from ..train.step import LossModule, train_step
 
-    torch.manual_seed(0)
-    model = SegDiff(cfg, device)
+    model = _seeded_model(cfg, device)
     net = model.net.train()
     tc = cfg.train
     cuda = device.type == "cuda"
@@ -509,15 +521,10 @@ def profile_sampling(cfg: RunConfig, device: torch.device, proto: Protocol, fold
     Writes profile.json and profile.txt (small) to `folder`."""
     from torch.profiler import ProfilerActivity, profile
 
-    from ..api import SegDiff
-
-    torch.manual_seed(0)
-    model = SegDiff(cfg, device)
+    model = _seeded_model(cfg, device)
     net, sched, image = model.net.eval(), model.schedule, _random_image(cfg, device)
-    mode = next(
-        (variant_overrides(v).get("compile") for v in proto.variants if variant_overrides(v).get("compile")), "off"
-    )
-    bg = proto.batch_generations or cfg.predict.batch_generations
+    mode = first_compiled_mode(proto.variants) or "off"
+    bg = proto.batch_for(cfg)
     opts = PredictConfig(
         generations=proto.generations,
         sampling_steps=2,
@@ -591,8 +598,7 @@ def run_benchmark(presets: list, device: torch.device, proto: Protocol, progress
     progress(f"matmul peak on {report['environment']['device_name']} ...")
     report["matmul_peak"] = matmul_peak(device, proto.matmul_n)
     peak = report["matmul_peak"]["tflops"]
-    modes = [variant_overrides(v).get("compile") for v in proto.variants]
-    mode = next((m for m in modes if m), compiling.AUTO_MODE)
+    mode = first_compiled_mode(proto.variants) or compiling.AUTO_MODE
     for item in presets:
         cfg = preset(item) if isinstance(item, str) else item
         name = cfg.preset
@@ -600,8 +606,7 @@ def run_benchmark(presets: list, device: torch.device, proto: Protocol, progress
         pproto = proto
         if proto.compile_times and isinstance(item, str):
             folder = tempfile.mkdtemp(prefix=f"segdiff-compile-{name}-", dir=proto.compile_cache)
-            bg = proto.batch_generations or cfg.predict.batch_generations
-            rows = compiling.chunk_rows(1, proto.generations, bg)
+            rows = compiling.chunk_rows(1, proto.generations, proto.batch_for(cfg))
             progress(f"{name}: compile cold and warm in fresh processes ({mode}, batch {rows}) ...")
             times = compile_times(name, device, rows, mode, folder, torch.get_num_threads())
             pproto = replace(proto, compile_cache=folder)  # the compiled variants below start warm
