@@ -5,7 +5,7 @@ MoNuSeg benchmark's layout (mask, errors, row labels) draws."""
 import numpy as np
 from PIL import Image
 
-from segdiff.data.classes import ClassSet
+from segdiff.classset import ClassSet
 from segdiff.predict.figure import ERROR_COLOURS, classes_figure, error_image, result_figure
 
 

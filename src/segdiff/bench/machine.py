@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
 from ..devices import default_device
 from ..errors import UserError
+from ..version import __version__
 
 
 def bench_device(flag: str | None, default: str | None = None) -> torch.device:
