@@ -11,7 +11,6 @@ of weights on one device), the training loss is segdiff.diffusion's, checkpoints
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -117,17 +116,12 @@ class SegDiff:
         """`opts` with compile="auto" resolved for images of `shapes`, each sampled `repeats` times."""
         return self.predictor.resolve_compile(opts, shapes, repeats)
 
-    def predict_x0(
-        self,
-        image,
-        keys: list | None = None,
-        opts: PredictConfig | None = None,
-        on_step: Callable[[], None] | None = None,
-        full_batch: int | None = None,
-    ) -> torch.Tensor:
-        """Every generation's x0 at the input's resolution: [B, G, H, W] ([B, G, K, H, W] for K classes)
-        (Predictor.sample_generations)."""
-        return self.predictor.sample_generations(image, keys, opts, on_step, full_batch)
+    def predict_x0(self, *args, **kwargs) -> torch.Tensor:
+        return self.predictor.sample_generations(*args, **kwargs)
+
+    # the signature and documentation of Predictor.sample_generations, under this method's own name
+    predict_x0 = functools.update_wrapper(predict_x0, Predictor.sample_generations, updated=())
+    predict_x0.__name__, predict_x0.__qualname__ = "predict_x0", "SegDiff.predict_x0"
 
     @functools.wraps(Predictor.predict)
     def predict(self, *args, **kwargs) -> Prediction:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_into, read_weights, weights_path
+from ..classset import ClassSet
 from ..config import PredictConfig, RunConfig
-from ..data.classes import ClassSet
 from ..data.io import to_unit_float
 from ..data.transforms import normalize, resize_image
 from ..devices import default_device
