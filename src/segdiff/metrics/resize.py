@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_write, atomic_write_text
+from ..atomic import atomic_write_text
 from ..data.folder import check_paired, list_files, list_prob_files
-from ..data.io import MASK_EXTS, read_mask, read_prob, to_u8, write_float_tiff, write_mask, write_png
+from ..data.io import MASK_EXTS, read_mask, read_prob
 from ..data.transforms import resize_image, resize_mask
 from ..errors import UserError
 from ..predict.export import write_prediction
@@ -77,7 +77,7 @@ def resize_to_gt(pred: Path, gt: Path, out: Path, prob: Path | None = None) -> d
             u = read_prob(unc_files[stem])
             u = resize_map(u, hw) if u.shape != hw else u
         resized += pred_mask.shape != hw
-        _write_resized(out, stem, mask, p, u)
+        write_prediction(out, stem, mask, p, u)  # predict's layout; a map the prediction lacks is not written
     summary = {
         "images": len(gt_files),
         "resized": resized,
@@ -91,19 +91,3 @@ def resize_to_gt(pred: Path, gt: Path, out: Path, prob: Path | None = None) -> d
     }
     atomic_write_text(out / "resize.json", json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _write_resized(out: Path, stem: str, mask: np.ndarray, prob: np.ndarray | None, unc: np.ndarray | None) -> None:
-    """One image in `segdiff predict`'s layout. A full prediction (probability and uncertainty) is written by
-    predict's own writer; a mask folder, or a prediction without some of its maps, gets the files it has."""
-    if prob is not None and unc is not None:
-        write_prediction(out, stem, mask, prob, unc)
-        return
-    for sub in ("masks", "prob", "uncertainty"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
-    if prob is not None:
-        atomic_write(out / "prob" / f"{stem}.tif", lambda t: write_float_tiff(t, prob))
-        atomic_write(out / "prob" / f"{stem}.png", lambda t: write_png(t, to_u8(prob)))
-    if unc is not None:
-        atomic_write(out / "uncertainty" / f"{stem}.tif", lambda t: write_float_tiff(t, unc))
-    atomic_write(out / "masks" / f"{stem}.png", lambda t: write_mask(t, mask))

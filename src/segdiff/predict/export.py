@@ -39,7 +39,8 @@ def heatmap(values: np.ndarray, vmax: float) -> np.ndarray:
 def write_prediction(out: Path, stem: str, mask, prob, uncertainty, samples=None) -> None:
     """Arrays [H, W] (samples [G, H, W]) for one image, each file atomically. The mask is written last:
     a mask file marks a finished image (`is_done`), so a restarted `predict` skips it and redoes an image
-    that was interrupted, whose other files it then replaces."""
+    that was interrupted, whose other files it then replaces. prob or uncertainty None: that map is not
+    written (a resized mask folder that has none: segdiff.metrics.resize)."""
     out = Path(out)
     for sub in SUBDIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -51,15 +52,17 @@ def write_prediction(out: Path, stem: str, mask, prob, uncertainty, samples=None
         for k, s in enumerate(samples):
             atomic_write(gdir / f"{k:03d}.png", lambda p, s=s: write_png(p, to_u8(s)))
             faults.point("predict.between")
-    atomic_write(out / "prob" / f"{stem}.tif", lambda p: write_float_tiff(p, prob))
-    faults.point("predict.between")
-    atomic_write(out / "prob" / f"{stem}.png", lambda p: write_png(p, to_u8(prob)))
-    faults.point("predict.between")
-    atomic_write(out / "uncertainty" / f"{stem}.tif", lambda p: write_float_tiff(p, uncertainty))
-    faults.point("predict.between")
-    # the spread of values in [0, 1] is at most 0.5
-    atomic_write(out / "uncertainty" / f"{stem}.png", lambda p: write_png(p, heatmap(uncertainty, 0.5)))
-    faults.point("predict.between")
+    if prob is not None:
+        atomic_write(out / "prob" / f"{stem}.tif", lambda p: write_float_tiff(p, prob))
+        faults.point("predict.between")
+        atomic_write(out / "prob" / f"{stem}.png", lambda p: write_png(p, to_u8(prob)))
+        faults.point("predict.between")
+    if uncertainty is not None:
+        atomic_write(out / "uncertainty" / f"{stem}.tif", lambda p: write_float_tiff(p, uncertainty))
+        faults.point("predict.between")
+        # the spread of values in [0, 1] is at most 0.5
+        atomic_write(out / "uncertainty" / f"{stem}.png", lambda p: write_png(p, heatmap(uncertainty, 0.5)))
+        faults.point("predict.between")
     atomic_write(out / "masks" / f"{stem}.png", lambda p: write_mask(p, mask))
 
 
