@@ -139,9 +139,7 @@ class SegDiff:
     def load(cls, directory: str | Path, weights: str = "best", device: torch.device | str | None = None) -> SegDiff:
         """Load a run folder. weights: "best" (best on validation; when the run has none yet, ema, then raw),
         "ema", "raw". A damaged weights file is a CheckpointError naming it (no fall-back to other weights)."""
-        model = cls.__new__(cls)
-        model.predictor = Predictor.from_run(directory, weights, device)
-        return model
+        return cls.from_predictor(Predictor.from_run(directory, weights, device))
 
     @classmethod
     def from_predictor(cls, predictor: Predictor) -> SegDiff:

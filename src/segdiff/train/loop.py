@@ -152,7 +152,7 @@ def run_config(out: Path, config: RunConfig | None, resume: bool) -> tuple[RunCo
 
 class TrainingRun:
     """One run of `train`, read in order: __init__ sets it up (config, data, network, optimizer, resumed
-    state, log, validation protocol); `run` is the loop of Algorithm 2; `save`, `validate`, `fix_budget`
+    state, log, validation protocol); `run` is the loop of Algorithm 2; `save`, `score_weights`, `fix_budget`
     and `stop_if_nonfinite` are the things the loop does between steps."""
 
     def __init__(self, data: Path, out: Path, config, resume: bool, device: torch.device, progress: bool, info):
@@ -358,7 +358,7 @@ class TrainingRun:
         self.saved_step = step
         barrier(self.info)
 
-    def validate(self) -> None:
+    def score_weights(self) -> None:
         """Score the raw and EMA weights on the val images; keep the better as best.safetensors when it
         beats the best so far."""
         if not self.val_pairs:
@@ -527,7 +527,7 @@ class TrainingRun:
                 self.elapsed = _now() - self.t0
                 if tc.val_every and self.step % tc.val_every == 0:
                     self.net.eval()
-                    self.validate()
+                    self.score_weights()
                     self.net.train()
                 if tc.save_every and self.step % tc.save_every == 0:
                     self.save()
@@ -546,7 +546,7 @@ class TrainingRun:
         self.elapsed = _now() - self.t0
         self.net.eval()
         if self.val_pairs and not (tc.val_every and step % tc.val_every == 0 and stopped_by == "max_steps"):
-            self.validate()
+            self.score_weights()
         self.save()
         if stopped_by == "max_steps" and tc.budget_fixed_at is not None:
             stopped_by = "budget"
