@@ -56,13 +56,16 @@ def panel_figure(
     fig.savefig(path, dpi=dpi)
 
 
-def error_image(mask: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """[H, W, 3] in [0, 1]: the pixels of a predicted mask against the truth in ERROR_COLOURS."""
+def error_image(mask: np.ndarray, truth: np.ndarray, colours: dict = ERROR_COLOURS, dtype=np.float64) -> np.ndarray:
+    """[H, W, 3] of `dtype`: the pixels of a predicted mask against the truth, coloured by kind ("tp", "fp",
+    "fn", and "tn" when `colours` has it; a kind without a colour stays 0). Default: ERROR_COLOURS in [0, 1];
+    the web page's evaluation browser passes its own uint8 colours."""
     mask, truth = np.asarray(mask, bool), np.asarray(truth, bool)
-    err = np.zeros((*truth.shape, 3))
-    err[mask & truth] = ERROR_COLOURS["tp"]
-    err[mask & ~truth] = ERROR_COLOURS["fp"]
-    err[~mask & truth] = ERROR_COLOURS["fn"]
+    err = np.zeros((*truth.shape, 3), dtype)
+    kinds = {"tn": ~mask & ~truth, "tp": mask & truth, "fp": mask & ~truth, "fn": ~mask & truth}
+    for kind, where in kinds.items():
+        if kind in colours:
+            err[where] = colours[kind]
     return err
 
 

@@ -23,6 +23,7 @@ from ..data.io import IMAGE_EXTS, MASK_EXTS, read_image, read_mask, read_prob, t
 from ..errors import UserError
 from ..metrics.files import output_paths
 from ..predict.export import heatmap
+from ..predict.figure import error_image
 
 # error map colours: true negative, true positive, false positive, false negative
 ERROR_COLOURS = {
@@ -184,9 +185,4 @@ def error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """RGB uint8 [H, W, 3]: false positives and false negatives in two colours, hits grey, the rest black."""
     if pred.shape != gt.shape:
         raise UserError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")
-    out = np.empty((*gt.shape, 3), np.uint8)
-    out[:] = ERROR_COLOURS["tn"]
-    out[pred & gt] = ERROR_COLOURS["tp"]
-    out[pred & ~gt] = ERROR_COLOURS["fp"]
-    out[~pred & gt] = ERROR_COLOURS["fn"]
-    return out
+    return error_image(pred, gt, ERROR_COLOURS, np.uint8)
