@@ -1,54 +1,32 @@
-"""Typed configuration of a run, and the named presets of the paper.
-
-A run is one `RunConfig`; it is written as config.json beside the weights and read back by
-`SegDiff.load`. Presets are named configs, not code paths. Every field can be set from a JSON file
-(`segdiff train --config FILE`) or the command line (`--set data.size=64 model.channel_mult=1,2,2`):
-`apply_overrides` parses and type-checks dotted keys, `RunConfig.validate` checks the values. Configs
-are never changed in place: overrides build a new one with `dataclasses.replace`.
-
-`PredictConfig` is the whole prediction protocol (generations, sampling steps, sampler, variance,
-windows, precision, seed); `segdiff.predict.ensemble.SamplingOptions` is another name for it.
-"""
+"""The schema of a run: one dataclass per section of config.json, each field with its default, and the checks
+of every value (`validate`, ConfigError naming the dotted key)."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError, UserError
-
-SAMPLERS = ("ddpm", "ddim", "dpm++")
-VARIANCES = ("large", "small")
-PREDICT_MODES = ("resize", "tile", "pad")
-BLENDS = ("uniform", "gaussian")
-AMP_MODES = ("auto", "bf16", "fp16", "fp32")
-COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
-SCHEDULES = ("scaled", "paper")
-TIME_EMBEDDINGS = ("sinusoidal", "learned")
-PREDICTIONS = ("eps", "x0", "onepass")
-LR_SCHEDULES = ("constant", "cosine", "linear")
-T_SAMPLINGS = ("uniform", "high_noise")
-TRAIN_COMPILE = ("off", "auto", *COMPILE_MODES[1:])
-
-
-class ConfigError(UserError):
-    """A config value that is unknown, of the wrong type or out of range: `key` (dotted), `value`, `problem`."""
-
-    def __init__(self, key: str, value: Any, problem: str, show_value: bool = True):
-        self.key, self.value, self.problem = key, value, problem
-        super().__init__(f"{key} = {_show(value)}: {problem}" if show_value else f"{key}: {problem}")
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(map(str, value))
-    return "none" if value is None else str(value)
+from ..errors import CheckpointError
+from .choices import (
+    AMP_MODES,
+    BLENDS,
+    COMPILE_MODES,
+    LR_SCHEDULES,
+    PREDICT_MODES,
+    PREDICTIONS,
+    SAMPLERS,
+    SCHEDULES,
+    T_SAMPLINGS,
+    TIME_EMBEDDINGS,
+    TRAIN_COMPILE,
+    VARIANCES,
+)
+from .errors import ConfigError
+from .migration import merge_dict, read_json
+from .overrides import apply_overrides
 
 
 def _check(ok: bool, key: str, value: Any, problem: str) -> None:
@@ -190,8 +168,8 @@ class DataConfig:
         if self.std:
             _check(min(self.std) > 0, prefix + "std", self.std, "must be positive")
         if self.classes is not None:
-            from .classset import ClassSet  # the classes' own checks (values, colours, ignore label)
-            from .errors import DataError
+            from ..classset import ClassSet  # the classes' own checks (values, colours, ignore label)
+            from ..errors import DataError
 
             try:
                 ClassSet.from_config(self)
@@ -392,7 +370,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: Path) -> None:
-        from .atomic import atomic_write_text
+        from ..atomic import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
@@ -412,388 +390,3 @@ class RunConfig:
             return cfg.validate()
         except ConfigError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-
-
-# -- overrides: dotted keys from the command line, a file or Python ------------------------------------
-
-_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
-_NONE = ("none", "null")
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _is_section(tp: Any) -> bool:
-    return dataclasses.is_dataclass(tp)
-
-
-def field_keys(cls: type | None = None, prefix: str = "") -> list[str]:
-    """Every settable dotted key of a config class (RunConfig by default), sections expanded."""
-    cls = cls or RunConfig
-    keys = []
-    for name, tp in _hints(cls).items():
-        keys += field_keys(tp, f"{prefix}{name}.") if _is_section(tp) else [prefix + name]
-    return keys
-
-
-def parse_value(text: str, tp: Any, key: str) -> Any:
-    """Command-line text -> a value of type `tp` (int, float, bool, str, tuples, `X | None`)."""
-    return _coerce(text, tp, key, text=True)
-
-
-def _coerce(value: Any, tp: Any, key: str, text: bool) -> Any:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (text and value.strip().lower() in _NONE):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, text)
-    if value is None or (text and value.strip().lower() in _NONE and tp is not str):
-        raise ConfigError(key, value, "cannot be none")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if text and value.strip().lower() in _TRUE + _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(key, value, "expected true or false")
-    if tp is int:
-        if text:
-            try:
-                return int(value)
-            except ValueError:
-                raise ConfigError(key, value, "expected an integer") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, value, "expected an integer")
-        return value
-    if tp is float:
-        if text:
-            try:
-                return float(value)
-            except ValueError:
-                raise ConfigError(key, value, "expected a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, value, "expected a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(key, value, "expected a string")
-        return value
-    if tp is dict:  # data.classes entries: set from classes.json or config files, not from text
-        if text or not isinstance(value, dict):
-            raise ConfigError(key, value, "set the classes with a classes.json in the data root (docs/data.md)")
-        return dict(value)
-    if origin is tuple:
-        variadic = len(args) == 2 and args[1] is Ellipsis
-        elem = args[0]
-        what = f"{'' if variadic else len(args)} {'integers' if elem is int else 'numbers'}".strip()
-        if text:
-            body = value.strip().strip("()[]")
-            items = [v.strip() for v in body.split(",")] if body.strip() else []
-        elif isinstance(value, (list, tuple)):
-            items = list(value)
-        else:
-            raise ConfigError(key, value, f"expected {what} separated by commas")
-        if not variadic and len(items) != len(args):
-            raise ConfigError(key, value, f"expected {what} separated by commas")
-        try:
-            return tuple(_coerce(v, elem, key, text) for v in items)
-        except ConfigError:
-            raise ConfigError(key, value, f"expected {what} separated by commas") from None
-    raise ConfigError(key, value, f"cannot set a field of type {tp}")  # pragma: no cover - no such field
-
-
-def _unknown(key: str, prefix: str, root: tuple[type, str]) -> ConfigError:
-    """The error for an unknown key (`prefix` + `key`), naming the closest key of the config `root` (class,
-    prefix) where the override started."""
-    full = prefix + key
-    if full in OLD_KEYS:
-        return ConfigError(full, None, f"this setting is now {OLD_KEYS[full]}", show_value=False)
-    known = field_keys(*root)
-    leaf = full.rsplit(".", 1)[-1]  # a right field name in the wrong section: data.channel_mult -> model.channel_mult
-    close = [k for k in known if k.rsplit(".", 1)[-1] == leaf][:1]
-    close = close or difflib.get_close_matches(full, known, n=1, cutoff=0.5)
-    hint = f"did you mean {close[0]}?" if close else f"settable keys start with {', '.join(_hints(root[0]))}"
-    return ConfigError(full, None, f"unknown setting; {hint}", show_value=False)
-
-
-def apply_overrides(
-    obj: Any, overrides: dict[str, Any], prefix: str = "", text: bool = False, _root: tuple | None = None
-) -> Any:
-    """A copy of the config dataclass `obj` with dotted `overrides` set (values type-checked).
-
-    text=True parses command-line strings ("64", "1,2,2", "none", "true"); otherwise values are JSON-like
-    (lists for tuples). `obj` is not changed. Keys are relative to `obj`; `prefix` only names them in errors.
-    """
-    root = _root or (type(obj), prefix)
-    nested: dict[str, dict[str, Any]] = {}
-    direct: dict[str, Any] = {}
-    hints = _hints(type(obj))
-    for key, value in overrides.items():
-        name, _, rest = key.partition(".")
-        if name not in hints:
-            raise _unknown(key, prefix, root)
-        tp = hints[name]
-        if _is_section(tp):
-            if not rest:
-                sub = ", ".join(field_keys(tp, f"{prefix}{name}.")[:4])
-                raise ConfigError(prefix + key, value, f"is a section; set its fields, e.g. {sub}")
-            nested.setdefault(name, {})[rest] = value
-        elif rest:
-            raise _unknown(key, prefix, root)
-        else:
-            direct[name] = _coerce(value, tp, prefix + key, text)
-    for name, sub in nested.items():
-        direct[name] = apply_overrides(getattr(obj, name), sub, f"{prefix}{name}.", text, root)
-    return dataclasses.replace(obj, **direct)
-
-
-def parse_assignments(items: list[str], prefix: str = "") -> dict[str, str]:
-    """["data.size=64", "model.channel_mult=1,2,2"] -> {"data.size": "64", ...} (values still text)."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise UserError(f"--set {item}: expected KEY=VALUE, e.g. data.size=64")
-        key = key.removeprefix(prefix) if prefix else key
-        if key in out and out[key] != value:
-            raise UserError(f"--set {key}: given twice ({out[key]} and {value})")
-        out[key] = value
-    return out
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    """A config (or a nested dict) -> {dotted key: leaf value}."""
-    if dataclasses.is_dataclass(d):
-        d = {f.name: getattr(d, f.name) for f in dataclasses.fields(d)}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) or dataclasses.is_dataclass(v):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-# Settings that moved in the config format (old dotted key -> new), applied when reading a file.
-OLD_KEYS = {
-    "diffusion.variance": "predict.variance",
-    "diffusion.clip_x0": "predict.clip_x0",
-    "data.predict_mode": "predict.mode",
-    "data.tile_stride": "predict.tile_stride",
-    "data.tile_blend": "predict.blend",
-    "predict.steps": "predict.sampling_steps",
-    "train.val_steps": "train.val_sampling_steps",
-}
-
-
-def migrate(flat: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Rename the keys of earlier formats (OLD_KEYS) in a flattened config dict."""
-    out = dict(flat)
-    for old, new in OLD_KEYS.items():
-        if old in out:
-            value = out.pop(old)
-            if new in out and out[new] != value:
-                raise UserError(f"{source}: {old} (earlier name of {new}) and {new} disagree; keep only {new}")
-            out[new] = value
-    return out
-
-
-def merge_dict(base: RunConfig, d: dict[str, Any], source: str = "config") -> RunConfig:
-    """`base` with the fields of a (possibly partial, possibly earlier-format) config dict set."""
-    if not isinstance(d, dict):
-        raise CheckpointError(f"{source}: expected a JSON object of settings")
-    try:
-        return apply_overrides(base, migrate(flatten(d), source))
-    except ConfigError as exc:
-        raise UserError(f"{source}: {exc}") from None
-
-
-def read_json(path: Path, error: type[UserError] = UserError) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise error(f"{path}: not valid JSON ({str(exc)[:200]}); the file is damaged or not JSON") from None
-
-
-# -- resume: which settings may change in a running run ------------------------------------------------
-
-# Length, cadence, time budget and data loading: they do not change what a step computes.
-RESUMABLE = (
-    "train.max_steps",
-    "train.max_minutes",
-    "train.log_every",
-    "train.val_every",
-    "train.save_every",
-    "train.num_workers",
-    "predict.compile",  # how validation runs the same network, not what a training step computes
-    "predict.compile_cache",
-    "train.skip_nonfinite",  # only steps whose loss or gradient is NaN/Inf act differently
-)
-_DERIVED = ("data.mean", "data.std")  # set from the training images when the run starts
-# Decided by the data when the run starts (image channels, classes): a resumed run keeps the saved ones.
-_FROM_DATA = ("model.image_channels", "model.mask_channels", "data.classes", "data.ignore_value", "data.ignore_color")
-
-
-def resume_config(saved: RunConfig, requested: RunConfig | None) -> tuple[RunConfig, dict[str, tuple]]:
-    """The config a resumed run continues with, and its changes {key: (old, new)}.
-
-    Changes to anything but RESUMABLE are refused in one UserError naming them all. Derived fields
-    left unset (None) in `requested` keep their saved values.
-    """
-    if requested is None:
-        return saved, {}
-    old, new = flatten(saved), flatten(requested)
-    for k in _DERIVED:
-        if new[k] is None:
-            new[k] = old[k]
-    for k in _FROM_DATA:
-        new[k] = old[k]
-    changes = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
-    refused = [k for k in changes if k not in RESUMABLE]
-    if refused:
-        what = ", ".join(f"{k} {_show(changes[k][0])} -> {_show(changes[k][1])}" for k in refused)
-        raise UserError(
-            f"--resume: cannot change {what} in a running run (only {', '.join(RESUMABLE)} may change); "
-            "leave them out, or start a new run with another --out"
-        )
-    return apply_overrides(saved, {k: v[1] for k, v in changes.items()}), changes
-
-
-# -- presets ------------------------------------------------------------------------------------------
-
-
-def _vaihingen() -> RunConfig:
-    return RunConfig(
-        preset="vaihingen",
-        model=ModelConfig(channel_mult=(1, 1, 1, 2, 2, 4, 4), attention_ds=(16, 32), rrdb_blocks=6, dropout=0.1),
-        data=DataConfig(
-            size=256,
-            augment=AugmentConfig(
-                scale=(0.75, 1.5),
-                rotate=180.0,
-                hflip=True,
-                vflip=True,
-                brightness=0.6,
-                contrast=0.5,
-                saturation=0.4,
-                hue=0.025,
-            ),
-        ),
-        train=TrainConfig(batch_size=8, num_workers=4),
-        predict=PredictConfig(mode="resize"),
-    )
-
-
-def _monuseg() -> RunConfig:
-    return RunConfig(
-        preset="monuseg",
-        model=ModelConfig(channel_mult=(1, 1, 1, 2, 2, 4, 4), attention_ds=(16, 32), rrdb_blocks=12),
-        data=DataConfig(
-            size=256,
-            augment=AugmentConfig(
-                crop=256,
-                scale=(0.75, 1.25),
-                rotate=22.0,
-                hflip=True,
-                vflip=True,
-                brightness=0.4,
-                contrast=0.4,
-                saturation=0.4,
-                hue=0.1,
-            ),
-        ),
-        train=TrainConfig(batch_size=8, num_workers=4),
-        predict=PredictConfig(mode="tile"),  # the paper's protocol: 256 x 256 windows with stride 256 at 512
-    )
-
-
-def _cityscapes() -> RunConfig:
-    return RunConfig(
-        preset="cityscapes",
-        model=ModelConfig(channel_mult=(1, 1, 2, 2, 4, 4), attention_ds=(8, 16), rrdb_blocks=15),
-        data=DataConfig(size=128, augment=AugmentConfig(scale=(0.75, 1.25), rotate=22.0, hflip=True)),
-        train=TrainConfig(batch_size=30, num_workers=4),
-        predict=PredictConfig(mode="resize"),
-    )
-
-
-def _tiny() -> RunConfig:
-    """Small enough to train on 2 CPU cores in minutes (the demo and the tests)."""
-    return RunConfig(
-        preset="tiny",
-        model=ModelConfig(
-            model_channels=32,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=1,
-            attention_ds=(4,),
-            num_heads=4,
-            norm_groups=8,
-            rrdb_blocks=1,
-            rrdb_nf=16,
-            rrdb_gc=8,
-        ),
-        diffusion=DiffusionConfig(steps=100),
-        data=DataConfig(size=32, augment=AugmentConfig(hflip=True, vflip=True)),
-        train=TrainConfig(
-            batch_size=16,
-            lr=1e-3,
-            ema_rate=0.999,
-            warmup_steps=50,
-            max_steps=1200,
-            log_every=50,
-            val_every=400,
-            save_every=400,
-            val_generations=4,
-            val_sampling_steps=5,
-        ),
-        # variance, steps and generations: the cheapest setting within 0.5 IoU points of the paper's 30 x 100
-        # on the demo model's validation images (`segdiff study`, docs/results.md)
-        predict=PredictConfig(generations=10, sampling_steps=5, variance="small", mode="pad"),
-    )
-
-
-def _fast(cfg: RunConfig, name: str, lr: float, warmup: int, ema_rate: float) -> RunConfig:
-    """The short-budget recipe of issue 9 on a preset's network and data: x0-prediction, timestep sampling
-    weighted toward high noise, a constant lr after a warm-up (a cosine decay scored lower at equal steps), a
-    short EMA; validation only at the end of training (a budget run's steps are fixed up front), on 4 images
-    with few steps. Chosen on the MoNuSeg validation images with the tiny network on a CPU (docs/results.md,
-    "Recipe for short budgets")."""
-    cfg.preset = name
-    cfg.model.prediction = "x0"
-    t = cfg.train
-    t.lr, t.warmup_steps, t.ema_rate = lr, warmup, ema_rate
-    t.t_sampling = "high_noise"
-    t.val_every, t.val_generations, t.val_sampling_steps, t.val_max_images = 0, 4, 5, 4
-    t.compile = "auto"
-    cfg.predict = dataclasses.replace(cfg.predict, generations=4, sampling_steps=5, sampler="ddim")
-    return cfg
-
-
-def _monuseg_fast() -> RunConfig:
-    """The paper's MoNuSeg network trained with the short-budget recipe (its GPU confirmation is pending)."""
-    return _fast(_monuseg(), "monuseg-fast", lr=2e-4, warmup=50, ema_rate=0.995)
-
-
-def _tiny_fast() -> RunConfig:
-    return _fast(_tiny(), "tiny-fast", lr=1e-3, warmup=50, ema_rate=0.995)
-
-
-PRESETS = {
-    "cityscapes": _cityscapes,
-    "vaihingen": _vaihingen,
-    "monuseg": _monuseg,
-    "tiny": _tiny,
-    "monuseg-fast": _monuseg_fast,
-    "tiny-fast": _tiny_fast,
-}
-
-
-def preset(name: str) -> RunConfig:
-    if name not in PRESETS:
-        raise UserError(f"--preset {name}: unknown preset; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]()
