@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from .config import BLENDS, PREDICT_MODES, PRESETS, SAMPLERS, SCHEDULES, VARIANCES
+from .config import BLENDS, COMPILE_MODES, PREDICT_MODES, PRESETS, SAMPLERS, SCHEDULES, VARIANCES
 from .errors import UserError
 
 # shortcut flags (argparse dest) -> the config key they set; `--set KEY=VALUE` reaches every key
@@ -208,7 +208,7 @@ def add_train_parser(sub) -> None:
     )
     t.add_argument(
         "--compile",
-        choices=["off", "auto", "default", "reduce-overhead", "max-autotune"],
+        choices=COMPILE_MODES,
         help="torch.compile the training step (auto: on CUDA when the run repays the compile time); = train.compile",
     )
     t.add_argument("--batch-size", type=int, help="global batch size (split over torchrun processes)")

@@ -17,7 +17,7 @@ The argument parsers live here and import nothing heavy, so that `segdiff --help
 
 from __future__ import annotations
 
-from ..config import PredictConfig
+from ..config import PRESETS, SAMPLERS, PredictConfig
 
 
 def add_parsers(subparsers) -> None:
@@ -50,13 +50,13 @@ def _add_benchmark(sub) -> None:
     b.add_argument(
         "--preset",
         nargs="+",
-        choices=["tiny", "vaihingen", "monuseg", "cityscapes", "monuseg-fast", "tiny-fast"],
+        choices=list(PRESETS),
         help="default: all three paper presets",
     )
     b.add_argument("--quick", action="store_true", help="tiny preset, few repetitions: a CPU smoke run (< 1 min)")
     b.add_argument("--generations", type=int, default=PredictConfig.generations, help="default: the paper's 30")
     b.add_argument("--steps", type=int, default=100, help="sampling steps of the protocol (default 100 = T)")
-    b.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm++"])
+    b.add_argument("--sampler", default="ddpm", choices=SAMPLERS)
     b.add_argument("--measure-steps", type=int, help="steps actually timed per call, scaled to --steps (default 20)")
     b.add_argument(
         "--reference-generations",

@@ -55,7 +55,7 @@ import torch
 from .. import rng
 from ..api import SegDiff
 from ..atomic import atomic_write_text
-from ..config import TRAIN_COMPILE, AugmentConfig, RunConfig, preset
+from ..config import COMPILE_MODES, SAMPLERS, AugmentConfig, RunConfig, preset
 from ..data.folder import pair_split
 from ..data.io import read_image, read_mask, read_prob, write_mask, write_png
 from ..devices import synchronize
@@ -372,8 +372,8 @@ def parse_args(argv=None):
     )
     p.add_argument("--train-minutes", type=float, help="training minutes (default: the fraction of the budget)")
     p.add_argument("--preset", help="default monuseg-fast (--tiny: tiny-fast); monuseg = the paper's recipe")
-    p.add_argument("--compile", choices=TRAIN_COMPILE, help="torch.compile the training step (= segdiff train's)")
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], help="with --generations and --steps: skip the grid")
+    p.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile the training step (= segdiff train's)")
+    p.add_argument("--sampler", choices=SAMPLERS, help="with --generations and --steps: skip the grid")
     p.add_argument("--generations", type=int, help="G, generations per window (with --steps: a fixed protocol)")
     p.add_argument("--steps", type=int, help="K, sampling steps (with --generations: a fixed protocol)")
     p.add_argument("--val-images", type=int, default=4, help="training images held out for validation (4)")

@@ -28,7 +28,6 @@ from .choices import (
     SCHEDULES,
     T_SAMPLINGS,
     TIME_EMBEDDINGS,
-    TRAIN_COMPILE,
     VARIANCES,
 )
 from .errors import ConfigError
@@ -60,7 +59,6 @@ __all__ = [
     "SAMPLERS",
     "SCHEDULES",
     "TIME_EMBEDDINGS",
-    "TRAIN_COMPILE",
     "T_SAMPLINGS",
     "VARIANCES",
     "AugmentConfig",

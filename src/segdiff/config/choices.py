@@ -1,21 +1,25 @@
-"""The allowed values of every setting that is a choice among names.
+"""The allowed values of every setting that is a choice among names, one tuple per choice.
 
-One tuple per choice. They live here, on the ground floor, because the config checks them (`RunConfig.validate`)
-and config may import nothing above it; the modules that implement each choice (diffusion/, train/, predict/)
-import the same tuple and check that they implement every name in it, and the CLI and the benchmarks offer it.
+Why here and not beside the code that implements each choice: the config checks these values when a file or
+`--set` is read (`RunConfig.validate`, a ConfigError naming the key before any work starts), and config is
+the ground floor, which may import nothing above it. So each tuple lives on the ground floor, and the module
+that implements the choice (named beside it) imports it from here and refuses a name it does not know with
+the same list; the CLI, the web page and the benchmarks offer the same tuple (tests/test_choices.py checks
+that every implementation covers its tuple and every parser offers exactly it).
 """
 
 from __future__ import annotations
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
-VARIANCES = ("large", "small")
-PREDICT_MODES = ("resize", "tile", "pad")
-BLENDS = ("uniform", "gaussian")
-AMP_MODES = ("auto", "bf16", "fp16", "fp32")
+SAMPLERS = ("ddpm", "ddim", "dpm++")  # diffusion.samplers.sample
+VARIANCES = ("large", "small")  # diffusion.schedule.Schedule.sigma2 (the ddpm sampler's)
+PREDICT_MODES = ("resize", "tile", "pad")  # predict.predictor
+BLENDS = ("uniform", "gaussian")  # predict.tiling
+AMP_MODES = ("auto", "bf16", "fp16", "fp32")  # predict.ensemble
+# torch.compile of the prediction network (predict.compiling) and of the training step (train.schedule.
+# should_compile): "auto" decides by the work ahead, "off" never compiles, the others are torch.compile modes
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
-SCHEDULES = ("scaled", "paper")
-TIME_EMBEDDINGS = ("sinusoidal", "learned")
-PREDICTIONS = ("eps", "x0", "onepass")
-LR_SCHEDULES = ("constant", "cosine", "linear")
-T_SAMPLINGS = ("uniform", "high_noise")
-TRAIN_COMPILE = ("off", "auto", *COMPILE_MODES[1:])
+SCHEDULES = ("scaled", "paper")  # diffusion.schedule.linear_betas
+TIME_EMBEDDINGS = ("sinusoidal", "learned")  # model.embeddings
+PREDICTIONS = ("eps", "x0", "onepass")  # diffusion.gaussian.training_loss, predict.ensemble
+LR_SCHEDULES = ("constant", "cosine", "linear")  # train.schedule.learning_rate
+T_SAMPLINGS = ("uniform", "high_noise")  # diffusion.schedule.sample_timestep

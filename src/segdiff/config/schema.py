@@ -21,7 +21,6 @@ from .choices import (
     SCHEDULES,
     T_SAMPLINGS,
     TIME_EMBEDDINGS,
-    TRAIN_COMPILE,
     VARIANCES,
 )
 from .errors import ConfigError
@@ -232,7 +231,7 @@ class TrainConfig:
             _check(1 <= v <= T, k, v, f"must be between 1 and T = {T}")
         _one_of(self, prefix, "lr_schedule", LR_SCHEDULES)
         _one_of(self, prefix, "t_sampling", T_SAMPLINGS)
-        _one_of(self, prefix, "compile", TRAIN_COMPILE)
+        _one_of(self, prefix, "compile", COMPILE_MODES)
         _check(0 <= self.lr_min <= self.lr, prefix + "lr_min", self.lr_min, "must be in [0, train.lr]")
         if self.budget_minutes is not None:
             k, v = prefix + "budget_minutes", self.budget_minutes

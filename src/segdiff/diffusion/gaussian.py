@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..config import PREDICTIONS
 from .schedule import Schedule
 
 
@@ -34,9 +35,6 @@ def eps_from_x0(x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, sched: Sch
 def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sched: Schedule) -> torch.Tensor:
     """mu-tilde_t(x_t, x0) (eq. 9)."""
     return _at(sched.coef_x0, t, x_t) * x0 + _at(sched.coef_xt, t, x_t) * x_t
-
-
-PREDICTIONS = ("eps", "x0", "onepass")
 
 
 def training_loss(

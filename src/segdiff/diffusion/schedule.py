@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import SCHEDULES, T_SAMPLINGS
+
 
 def linear_betas(T: int, kind: str = "scaled") -> np.ndarray:
     """Linear betas of length T.
@@ -29,7 +31,7 @@ def linear_betas(T: int, kind: str = "scaled") -> np.ndarray:
         scale = 1000.0 / T
         lo, hi = scale * 1e-4, scale * 2e-2
     else:
-        raise ValueError(f"schedule must be 'scaled' or 'paper', got {kind!r}")
+        raise ValueError(f"schedule {kind!r}: choose one of {', '.join(SCHEDULES)}")
     betas = np.array([hi], dtype=np.float64) if T == 1 else np.linspace(lo, hi, T, dtype=np.float64)
     # below T = 50 the scaled line passes 1 (alpha_t <= 0); cap it as improved-diffusion caps its cosine betas
     return np.minimum(betas, 0.999)
@@ -96,9 +98,6 @@ class Schedule:
 
 def make_schedule(T: int = 100, kind: str = "scaled") -> Schedule:
     return Schedule(torch.from_numpy(linear_betas(T, kind)), torch.arange(T))
-
-
-T_SAMPLINGS = ("uniform", "high_noise")
 
 
 def sample_timestep(T: int, kind: str, generator: torch.Generator) -> int:

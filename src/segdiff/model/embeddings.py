@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..config import TIME_EMBEDDINGS
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """[N] timesteps (float or int) -> [N, dim] sin/cos features (improved-diffusion's timestep_embedding)."""
@@ -24,8 +26,8 @@ class TimeEmbedding(nn.Module):
 
     def __init__(self, channels: int, kind: str = "sinusoidal", num_timesteps: int = 1000):
         super().__init__()
-        if kind not in ("sinusoidal", "learned"):
-            raise ValueError(f"time_embedding must be 'sinusoidal' or 'learned', got {kind!r}")
+        if kind not in TIME_EMBEDDINGS:
+            raise ValueError(f"time_embedding {kind!r}: choose one of {', '.join(TIME_EMBEDDINGS)}")
         self.kind, self.channels = kind, channels
         dim = 4 * channels
         self.table = nn.Embedding(num_timesteps, channels) if kind == "learned" else None

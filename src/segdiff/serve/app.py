@@ -29,13 +29,12 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..diffusion.samplers import SAMPLERS
+from ..config import SAMPLERS, VARIANCES
 from ..errors import UserError
 from .jobs import JOB_FILES, JobQueue, Upload
 from .uploads import UploadError, decode_upload
 
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
-VARIANCES = ("large", "small")
 # the paper's protocol (section 4.1): 30 generations, T = 100 steps, DDPM with sigma_t^2 = beta_t
 PAPER_PROTOCOL = {"generations": 30, "steps": 100, "sampler": "ddpm", "variance": "large"}
 # a page served by this process is the only one allowed to post jobs: it sends this header, which a

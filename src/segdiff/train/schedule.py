@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 
-LR_SCHEDULES = ("constant", "cosine", "linear")
-COMPILE_CHOICES = ("off", "auto", "default", "reduce-overhead", "max-autotune")
+from ..config import COMPILE_MODES, LR_SCHEDULES
 
 # `compile: auto`: torch.compile of the training step pays back when the time it saves exceeds the time it
 # costs. With a compile time c and a speed-up s of the compiled step, a budget of B seconds of training does
@@ -78,8 +77,8 @@ def should_compile(choice: str, device_type: str, budget_minutes: float | None) 
     B * 60 > COMPILE_SECONDS_ESTIMATE * s / (s - 1), s = COMPILE_SPEEDUP_ESTIMATE (6 minutes with the
     constants above). On a CPU "auto" never compiles (exact resume is a CPU guarantee of the eager step).
     """
-    if choice not in COMPILE_CHOICES:
-        raise ValueError(f"compile {choice!r}: choose one of {', '.join(COMPILE_CHOICES)}")
+    if choice not in COMPILE_MODES:
+        raise ValueError(f"compile {choice!r}: choose one of {', '.join(COMPILE_MODES)}")
     if choice != "auto":
         return choice
     if device_type != "cuda":
