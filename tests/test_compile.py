@@ -22,7 +22,7 @@ from segdiff.bench.reference import reference_sample_x0
 from segdiff.config import PredictConfig
 from segdiff.diffusion import make_schedule
 from segdiff.predict import compiling, ensemble
-from segdiff.predict.ensemble import SamplingOptions, sample_x0
+from segdiff.predict.ensemble import sample_x0
 
 T = 100
 
@@ -86,8 +86,8 @@ def test_auto_resolves_to_eager_on_cpu_and_gives_the_eager_result_bitwise(setup)
     model = SegDiff(tiny_config(T), "cpu")
     assert model.resolve_compile(model.sampling_options(), [(16, 16)] * 1000, repeats=100).compile == "off"
     assert "cpu" in model.compile_decision.reason
-    auto = sample_x0(net, sched, image, [0, 1, 2], SamplingOptions(generations=3, sampling_steps=3))
-    off = sample_x0(net, sched, image, [0, 1, 2], SamplingOptions(generations=3, sampling_steps=3, compile="off"))
+    auto = sample_x0(net, sched, image, [0, 1, 2], PredictConfig(generations=3, sampling_steps=3))
+    off = sample_x0(net, sched, image, [0, 1, 2], PredictConfig(generations=3, sampling_steps=3, compile="off"))
     torch.testing.assert_close(auto, off, rtol=0, atol=0)
     assert not hasattr(net, "_segdiff_compiled") or not net._segdiff_compiled  # nothing was compiled
 
@@ -124,18 +124,18 @@ def test_padded_last_chunk_keeps_every_generation_bitwise(setup, eager_padding, 
     # generations split 2 + 2 + 1: the last chunk is padded to 2 rows; generation 4 is computed next to a
     # padding row instead of generation 5, in the same batch shape
     padded = sample_x0(
-        net, sched, image, [0, 1, 2], SamplingOptions(generations=5, batch_generations=2, compile="default", **kw)
+        net, sched, image, [0, 1, 2], PredictConfig(generations=5, batch_generations=2, compile="default", **kw)
     )
     six = sample_x0(
-        net, sched, image, [0, 1, 2], SamplingOptions(generations=6, batch_generations=2, compile="off", **kw)
+        net, sched, image, [0, 1, 2], PredictConfig(generations=6, batch_generations=2, compile="off", **kw)
     )
     torch.testing.assert_close(padded, six[:, :5], rtol=0, atol=0)
     # whole images per batch (2 images x 2 generations): the third image is padded with a copy of its G(I)
     padded = sample_x0(
-        net, sched, image, [0, 1, 2], SamplingOptions(generations=2, batch_generations=4, compile="default", **kw)
+        net, sched, image, [0, 1, 2], PredictConfig(generations=2, batch_generations=4, compile="default", **kw)
     )
     four_images = torch.cat([image, image[:1]])
-    eager = SamplingOptions(generations=2, batch_generations=4, compile="off", **kw)
+    eager = PredictConfig(generations=2, batch_generations=4, compile="off", **kw)
     four = sample_x0(net, sched, four_images, [0, 1, 2, 9], eager)
     torch.testing.assert_close(padded, four[:3], rtol=0, atol=0)
     assert [c for _, c in eager_padding] == ["default", "off", "default", "off"]
@@ -143,7 +143,7 @@ def test_padded_last_chunk_keeps_every_generation_bitwise(setup, eager_padding, 
 
 def test_padded_fast_path_equals_reference(setup, eager_padding):
     net, sched, image = setup
-    opts = SamplingOptions(generations=3, sampling_steps=4, batch_generations=2, compile="default")
+    opts = PredictConfig(generations=3, sampling_steps=4, batch_generations=2, compile="default")
     fast = sample_x0(net, sched, image[:2], ["a", 7], opts)
     ref = reference_sample_x0(net, sched, image[:2], ["a", 7], replace_compile(opts))
     torch.testing.assert_close(fast, ref, rtol=0, atol=2e-4)  # tests/test_fast_path.py's ATOL_LAYOUT
@@ -305,7 +305,7 @@ def test_compile_writes_to_the_cache_folder_and_padded_runs_do_not_recompile(mon
     torch._dynamo.reset()
     net, sched, image = TinyEps().eval(), make_schedule(10), torch.randn(1, 3, 8, 8)
     folder = tmp_path / "cache"
-    opts = SamplingOptions(
+    opts = PredictConfig(
         generations=5, sampling_steps=3, batch_generations=2, compile="default", compile_cache=str(folder)
     )
     compiled = sample_x0(net, sched, image, [0], opts)  # chunks of 2, 2 and 1 (padded to 2) generations

@@ -15,7 +15,6 @@ from segdiff.cli import main
 from segdiff.config import ConfigError, PredictConfig, RunConfig, apply_overrides, preset
 from segdiff.data.io import read_image
 from segdiff.errors import UserError
-from segdiff.predict.ensemble import SamplingOptions
 
 
 def _config_cli(capsys, *args):
@@ -81,6 +80,8 @@ def test_set_several_keys_and_the_result_is_a_complete_config(capsys):
         ("data.augment.scale=0.5", ["expected 2 numbers"]),
         ("train.batch_size=none", ["cannot be none"]),
         ("data.size", ["expected KEY=VALUE"]),
+        ("train.budget_fixed_at=5", ["train.budget_fixed_at", "the run sets it", "cannot be set by hand"]),
+        ("predict.steps=3", ["predict.steps", "now predict.sampling_steps"]),
     ],
 )
 def test_set_refuses_bad_keys_and_types(capsys, assignment, fragments):
@@ -140,9 +141,9 @@ def test_overrides_never_change_the_config_they_start_from():
     assert cfg == preset("tiny") and new.data.augment.crop == 64 and new.train.lr == 0.5
     model = SegDiff(tiny_config(), "cpu")
     opts = model.sampling_options(generations=5, steps=2, sampler="ddim", eta=0.3)
-    assert (opts.generations, opts.sampling_steps, opts.steps, opts.eta) == (5, 2, 2, 0.3)
+    assert (opts.generations, opts.sampling_steps, opts.eta) == (5, 2, 0.3)
     assert model.config == tiny_config()
-    assert SamplingOptions is PredictConfig and PredictConfig().steps_for(100) == 100
+    assert PredictConfig().steps_for(100) == 100
 
 
 # -- predict: validation before any work, explicit options the sampler does not use -------------------
@@ -244,6 +245,24 @@ def _old_format(cfg: RunConfig, variance: str, mode: str) -> dict:
         "batch_generations": p["batch_generations"],
     }
     return d
+
+
+def test_a_config_json_that_says_predict_steps_loads_as_sampling_steps(tmp_path):
+    """`predict.steps` was the field's earlier name: a saved config.json with it is migrated on load, and
+    PredictConfig has one name for K (no `steps` attribute that reads the same field)."""
+    d = tiny_config().to_dict()
+    d["predict"]["steps"] = d["predict"].pop("sampling_steps")
+    d["predict"]["steps"] = 4
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    loaded = RunConfig.load(tmp_path / "config.json")
+    assert loaded.predict.sampling_steps == 4 and loaded == replace(
+        tiny_config(), predict=replace(tiny_config().predict, sampling_steps=4)
+    )
+    assert not hasattr(loaded.predict, "steps")
+    d["predict"]["sampling_steps"] = 5  # both names, disagreeing: which one is meant is unknown
+    (tmp_path / "config.json").write_text(json.dumps(d))
+    with pytest.raises(UserError, match="predict.steps .earlier name of predict.sampling_steps. and"):
+        RunConfig.load(tmp_path / "config.json")
 
 
 def test_old_format_run_folder_loads_and_predicts_the_same(run_folder, tmp_path, capsys):

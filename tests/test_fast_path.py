@@ -17,10 +17,11 @@ import torch
 
 from conftest import tiny_config
 from segdiff.bench.reference import reference_sample_x0
+from segdiff.config import PredictConfig
 from segdiff.diffusion import make_schedule
 from segdiff.diffusion.samplers import ddim
 from segdiff.model import SegDiffUNet
-from segdiff.predict.ensemble import SamplingOptions, noise_keys, sample_x0
+from segdiff.predict.ensemble import noise_keys, sample_x0
 from segdiff.rng import GenerationNoise
 
 ATOL_CALL = 1e-5
@@ -73,7 +74,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 def test_fast_path_equals_reference_exactly_in_the_same_batch_layout(setup, case):
     net, sched, image = setup
-    opts = SamplingOptions(generations=3, sampling_steps=4, batch_generations=1, **case)
+    opts = PredictConfig(generations=3, sampling_steps=4, batch_generations=1, **case)
     fast = sample_x0(net, sched, image[1:], [7], opts)
     ref = reference_sample_x0(net, sched, image[1:], [7], opts)
     assert fast.shape == ref.shape == (1, 3, 16, 16)
@@ -85,7 +86,7 @@ def test_fast_path_equals_reference_exactly_in_the_same_batch_layout(setup, case
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 def test_fast_path_equals_reference_for_the_same_noise(setup, case, steps):
     net, sched, image = setup
-    opts = SamplingOptions(generations=3, sampling_steps=steps, batch_generations=30, **case)
+    opts = PredictConfig(generations=3, sampling_steps=steps, batch_generations=30, **case)
     fast = sample_x0(net, sched, image, ["a", 7], opts)
     ref = reference_sample_x0(net, sched, image, ["a", 7], opts)
     assert fast.shape == ref.shape == (2, 3, 16, 16)
@@ -108,7 +109,7 @@ def test_batch_layout_changes_one_network_call_by_rounding_only(setup):
 
 def test_fast_path_computes_G_once_reference_at_every_step(setup):
     net, sched, image = setup
-    opts = SamplingOptions(generations=3, sampling_steps=4)
+    opts = PredictConfig(generations=3, sampling_steps=4)
     fast, ref = CountingNet(net), CountingNet(net)
     sample_x0(fast, sched, image, [0, 1], opts)
     reference_sample_x0(ref, sched, image, [0, 1], opts)
@@ -119,9 +120,9 @@ def test_fast_path_computes_G_once_reference_at_every_step(setup):
 @pytest.mark.parametrize("per_batch", [1, 2, 3, 4, 100])
 def test_chunking_gives_identical_results(setup, per_batch):
     net, sched, image = setup
-    base = sample_x0(net, sched, image, [0, 1], SamplingOptions(generations=3, sampling_steps=3, batch_generations=3))
+    base = sample_x0(net, sched, image, [0, 1], PredictConfig(generations=3, sampling_steps=3, batch_generations=3))
     out = sample_x0(
-        net, sched, image, [0, 1], SamplingOptions(generations=3, sampling_steps=3, batch_generations=per_batch)
+        net, sched, image, [0, 1], PredictConfig(generations=3, sampling_steps=3, batch_generations=per_batch)
     )
     torch.testing.assert_close(out, base, rtol=0, atol=ATOL_LAYOUT)
 
@@ -129,8 +130,8 @@ def test_chunking_gives_identical_results(setup, per_batch):
 def test_first_generations_do_not_depend_on_how_many(setup):
     """Generation k's noise is keyed by k: the first n of G samples are the samples of an n-generation run."""
     net, sched, image = setup
-    five = sample_x0(net, sched, image, [0, 1], SamplingOptions(generations=5, sampling_steps=3))
-    two = sample_x0(net, sched, image, [0, 1], SamplingOptions(generations=2, sampling_steps=3))
+    five = sample_x0(net, sched, image, [0, 1], PredictConfig(generations=5, sampling_steps=3))
+    two = sample_x0(net, sched, image, [0, 1], PredictConfig(generations=2, sampling_steps=3))
     torch.testing.assert_close(five[:, :2], two, rtol=0, atol=ATOL_LAYOUT)
 
 
@@ -139,14 +140,14 @@ def test_respacing_with_K_equal_T_is_the_full_chain(setup, sampler):
     net, _, image = setup
     sched = make_schedule(30)  # a shorter chain keeps the test fast; the network accepts any t < T
     full = sample_x0(
-        net, sched, image[:1], [0], SamplingOptions(generations=2, sampling_steps=None, sampler=sampler, eta=0.5)
+        net, sched, image[:1], [0], PredictConfig(generations=2, sampling_steps=None, sampler=sampler, eta=0.5)
     )
     same = sample_x0(
-        net, sched, image[:1], [0], SamplingOptions(generations=2, sampling_steps=30, sampler=sampler, eta=0.5)
+        net, sched, image[:1], [0], PredictConfig(generations=2, sampling_steps=30, sampler=sampler, eta=0.5)
     )
     torch.testing.assert_close(same, full, rtol=0, atol=0)
     fewer = sample_x0(
-        net, sched, image[:1], [0], SamplingOptions(generations=2, sampling_steps=5, sampler=sampler, eta=0.5)
+        net, sched, image[:1], [0], PredictConfig(generations=2, sampling_steps=5, sampler=sampler, eta=0.5)
     )
     assert not torch.allclose(fewer, full)
 
@@ -166,7 +167,7 @@ class NoMoreNoise:
 
 def test_ddim_eta0_is_deterministic_and_draws_only_x_T(setup):
     net, sched, image = setup
-    opts = SamplingOptions(generations=3, sampling_steps=5, sampler="ddim", eta=0.0)
+    opts = PredictConfig(generations=3, sampling_steps=5, sampler="ddim", eta=0.0)
     a = sample_x0(net, sched, image[:1], [0], opts)
     b = sample_x0(net, sched, image[:1], [0], opts)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -176,7 +177,7 @@ def test_ddim_eta0_is_deterministic_and_draws_only_x_T(setup):
     direct = ddim(lambda x, t: net(x, t, cond), x_T, sched.respace(5), noise, eta=0.0)
     torch.testing.assert_close(direct[:, 0], a[0], rtol=0, atol=0)
     other_seed = sample_x0(
-        net, sched, image[:1], [0], SamplingOptions(generations=3, sampling_steps=5, sampler="ddim", seed=1)
+        net, sched, image[:1], [0], PredictConfig(generations=3, sampling_steps=5, sampler="ddim", seed=1)
     )
     assert not torch.allclose(other_seed, a)
 
@@ -186,13 +187,13 @@ def test_channels_last_flag_gives_the_same_result(setup):
     import copy
 
     cl = copy.deepcopy(net)
-    opts = SamplingOptions(generations=2, sampling_steps=3)
+    opts = PredictConfig(generations=2, sampling_steps=3)
     base = sample_x0(net, sched, image, [0, 1], opts)
-    out = sample_x0(cl, sched, image, [0, 1], SamplingOptions(generations=2, sampling_steps=3, channels_last=True))
+    out = sample_x0(cl, sched, image, [0, 1], PredictConfig(generations=2, sampling_steps=3, channels_last=True))
     assert cl.F.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, base, rtol=0, atol=ATOL_LAYOUT)
     with pytest.raises(ValueError, match="compile"):
-        sample_x0(net, sched, image, [0, 1], SamplingOptions(generations=2, sampling_steps=3, compile="fast"))
+        sample_x0(net, sched, image, [0, 1], PredictConfig(generations=2, sampling_steps=3, compile="fast"))
 
 
 def test_compiled_module_is_cached_and_not_copied_with_the_network(setup):
@@ -201,9 +202,9 @@ def test_compiled_module_is_cached_and_not_copied_with_the_network(setup):
     from segdiff.predict.ensemble import prepare_net
 
     net = copy.deepcopy(setup[0])
-    compiled = prepare_net(net, SamplingOptions(compile="default"))  # torch.compile is lazy: nothing runs here
-    assert prepare_net(net, SamplingOptions(compile="default")) is compiled
-    assert prepare_net(net, SamplingOptions()) is net
+    compiled = prepare_net(net, PredictConfig(compile="default"))  # torch.compile is lazy: nothing runs here
+    assert prepare_net(net, PredictConfig(compile="default")) is compiled
+    assert prepare_net(net, PredictConfig()) is net
     assert len(copy.deepcopy(net)._segdiff_compiled) == 0  # EMA copies and checkpoints stay plain
 
 
@@ -212,7 +213,7 @@ def test_cuda_fast_bf16_and_reference_fp16_run_and_agree_in_fp32():
     net = _net().cuda()
     sched = make_schedule(T)
     image = torch.randn(2, 3, 16, 16, device="cuda")
-    opts = SamplingOptions(generations=3, sampling_steps=4)
+    opts = PredictConfig(generations=3, sampling_steps=4)
     fast = sample_x0(net, sched, image, [0, 1], opts)  # bf16 autocast
     ref = reference_sample_x0(net, sched, image, [0, 1], opts)  # fp16 autocast
     assert fast.dtype == ref.dtype == torch.float32 and torch.isfinite(fast).all() and torch.isfinite(ref).all()
@@ -220,7 +221,7 @@ def test_cuda_fast_bf16_and_reference_fp16_run_and_agree_in_fp32():
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
-        fast32 = sample_x0(net, sched, image, [0, 1], SamplingOptions(generations=3, sampling_steps=4, amp="fp32"))
+        fast32 = sample_x0(net, sched, image, [0, 1], PredictConfig(generations=3, sampling_steps=4, amp="fp32"))
         ref32 = reference_sample_x0(net, sched, image, [0, 1], opts, amp="fp32")
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old

@@ -12,10 +12,10 @@ import torch
 from conftest import tiny_config
 from segdiff.api import SegDiff
 from segdiff.bench.select import choose_setting
-from segdiff.config import RunConfig, TrainConfig, preset
+from segdiff.config import PredictConfig, RunConfig, TrainConfig, preset
 from segdiff.diffusion.gaussian import q_sample, training_loss
 from segdiff.diffusion.schedule import make_schedule, sample_timestep, timestep_probabilities
-from segdiff.predict.ensemble import SamplingOptions, sample_x0
+from segdiff.predict.ensemble import sample_x0
 from segdiff.train import loop
 from segdiff.train.schedule import learning_rate, should_compile, steps_for_budget
 
@@ -131,7 +131,7 @@ def test_perfect_x0_predictor_makes_every_sampler_return_x0(sampler, steps):
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(1, 1, 8, 8, generator=g) > 0.5).float() * 2 - 1
     sched = make_schedule(20)
-    opts = SamplingOptions(generations=3, sampling_steps=steps, sampler=sampler, variance="small")
+    opts = PredictConfig(generations=3, sampling_steps=steps, sampler=sampler, variance="small")
     out = sample_x0(_PerfectX0(x0), sched, torch.zeros(1, 3, 8, 8), [0], opts)
     torch.testing.assert_close(out, x0[:, 0].expand(1, 3, 8, 8), atol=1e-4, rtol=0)
     # the same output read as eps (an eps network's) gives another result: the conversion is what works

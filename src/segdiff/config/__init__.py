@@ -7,7 +7,7 @@ A run is one `RunConfig`; it is written as config.json beside the weights and re
 are never changed in place: overrides build a new one with `dataclasses.replace`.
 
 `PredictConfig` is the whole prediction protocol (generations, sampling steps, sampler, variance,
-windows, precision, seed); `segdiff.predict.ensemble.SamplingOptions` is another name for it.
+windows, precision, seed); the samplers and the predictor take it as it is.
 
 The parts, one module each: `schema` (the dataclasses and their checks), `choices` (the allowed values of
 the settings that name a choice), `errors` (ConfigError), `overrides` (the text / JSON coercion of `--set`),
@@ -32,7 +32,7 @@ from .choices import (
 )
 from .errors import ConfigError
 from .migration import OLD_KEYS, merge_dict, migrate, read_json
-from .overrides import apply_overrides, field_keys, flatten, parse_assignments, parse_value
+from .overrides import SET_BY_THE_RUN, apply_overrides, field_keys, flatten, parse_assignments
 from .presets import PRESETS, preset
 from .resume import RESUMABLE, resume_config
 from .schema import (
@@ -57,6 +57,7 @@ __all__ = [
     "PRESETS",
     "RESUMABLE",
     "SAMPLERS",
+    "SET_BY_THE_RUN",
     "SCHEDULES",
     "TIME_EMBEDDINGS",
     "T_SAMPLINGS",
@@ -76,7 +77,6 @@ __all__ = [
     "merge_dict",
     "migrate",
     "parse_assignments",
-    "parse_value",
     "preset",
     "read_json",
     "resume_config",

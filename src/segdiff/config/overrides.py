@@ -12,6 +12,12 @@ from typing import Any
 from ..errors import UserError
 from .errors import ConfigError
 
+# Fields the run itself writes to config.json (and reads back on resume): refused on the command line, where
+# a value would only pretend to do what the run decides (key -> what sets it).
+SET_BY_THE_RUN = {
+    "train.budget_fixed_at": "the run sets it when it turns train.budget_minutes into a fixed train.max_steps",
+}
+
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 _NONE = ("none", "null")
 
@@ -34,11 +40,6 @@ def field_keys(cls: type | None = None, prefix: str = "") -> list[str]:
     for name, tp in _hints(cls).items():
         keys += field_keys(tp, f"{prefix}{name}.") if _is_section(tp) else [prefix + name]
     return keys
-
-
-def parse_value(text: str, tp: Any, key: str) -> Any:
-    """Command-line text -> a value of type `tp` (int, float, bool, str, tuples, `X | None`)."""
-    return _coerce(text, tp, key, text=True)
 
 
 def _coerce(value: Any, tp: Any, key: str, text: bool) -> Any:
@@ -144,6 +145,9 @@ def apply_overrides(
         elif rest:
             raise _unknown(key, prefix, root)
         else:
+            if text and prefix + key in SET_BY_THE_RUN:
+                problem = f"{SET_BY_THE_RUN[prefix + key]}; it cannot be set by hand"
+                raise ConfigError(prefix + key, value, problem, show_value=False)
             direct[name] = _coerce(value, tp, prefix + key, text)
     for name, sub in nested.items():
         direct[name] = apply_overrides(getattr(obj, name), sub, f"{prefix}{name}.", text, root)

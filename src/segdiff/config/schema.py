@@ -209,7 +209,7 @@ class TrainConfig:
     budget_minutes: float | None = None
     budget_warmup_steps: int = 5
     budget_probe_steps: int = 20
-    budget_fixed_at: int | None = None  # set by the run when it fixes max_steps; never set it by hand
+    budget_fixed_at: int | None = None  # set by the run when it fixes max_steps; --set refuses it (SET_BY_THE_RUN)
     # torch.compile of the training step's forward/backward: "off", "auto" (on CUDA when the run is long
     # enough to repay the compile time, see segdiff.train.schedule.should_compile), "default",
     # "reduce-overhead", "max-autotune".
@@ -274,11 +274,6 @@ class PredictConfig:
     def steps_for(self, T: int) -> int:
         """The sampling steps K walked with a model of T diffusion steps (sampling_steps, or T when unset)."""
         return chain_length(self.sampling_steps, T)
-
-    @property
-    def steps(self) -> int | None:
-        """Earlier name of `sampling_steps` (read only)."""
-        return self.sampling_steps
 
     def validate(self, T: int | None = None, size: int | None = None, prefix: str = "predict.") -> None:
         """T: the model's diffusion steps (bounds sampling_steps); size: its window (bounds tile_stride)."""

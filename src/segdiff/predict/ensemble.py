@@ -27,9 +27,6 @@ from ..diffusion.schedule import Schedule
 from ..rng import GenerationNoise
 from . import compiling
 
-# The prediction protocol is the run config's `predict` section; SamplingOptions is its earlier name.
-SamplingOptions = PredictConfig
-
 
 def autocast(device: torch.device, amp: str):
     if amp == "auto":
