@@ -2,6 +2,7 @@
 label, bad values, channel counts; the K-class model, loss, ensemble summary, outputs and metrics."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 from conftest import tiny_config
 from segdiff.api import SegDiff
 from segdiff.classset import IGNORE_INDEX, load_classes_json
+from segdiff.config import apply_overrides
 from segdiff.data.classes import read_labels, resolve_classes
 from segdiff.data.io import channels_last, match_channels, read_image_channels
 from segdiff.errors import DataError, UserError
@@ -144,8 +146,7 @@ def test_image_channels_any_count(tmp_path):
 
 
 def test_predict_checks_the_channel_count(tmp_path):
-    cfg = tiny_config()
-    cfg.model.image_channels = 4
+    cfg = apply_overrides(tiny_config(), {"model.image_channels": 4})
     model = SegDiff(cfg, "cpu")
     assert model.predict(torch.rand(4, 16, 16), generations=1, steps=1).mask.shape == (1, 16, 16)
     with pytest.raises(UserError, match=r"trained on 4-channel images.*\(1, 3, 16, 16\)"):
@@ -174,9 +175,8 @@ def test_class_distribution_and_summary():
 
 
 def test_multiclass_model_loss_ignore_and_predict():
-    cfg = tiny_config()
-    cfg.model.mask_channels = 3
-    cfg.data.classes = ({"name": "a", "value": 0}, {"name": "b", "value": 1}, {"name": "c", "value": 2})
+    classes = [{"name": "a", "value": 0}, {"name": "b", "value": 1}, {"name": "c", "value": 2}]
+    cfg = apply_overrides(tiny_config(), {"model.mask_channels": 3, "data.classes": classes})
     torch.manual_seed(0)
     model = SegDiff(cfg, "cpu")
     with torch.no_grad():
@@ -201,7 +201,7 @@ def test_multiclass_model_loss_ignore_and_predict():
     assert torch.equal(out.mask, out.prob.argmax(1)) and out.classes == ("a", "b", "c")
     assert float(out.uncertainty.max()) <= np.log(3) + 1e-5
     # resize mode: the K maps are resized with the generations
-    model.config.predict.mode = "resize"
+    model.config = apply_overrides(model.config, {"predict.mode": "resize"})
     assert model.predict(torch.rand(1, 3, 20, 12), generations=2, steps=1).prob.shape == (1, 3, 20, 12)
 
 
@@ -243,8 +243,10 @@ def test_batches_of_labels_one_hot_ignore_and_resampling(tmp_path):
     from segdiff.train.loop import with_data_shape
 
     root = make_classes_data(tmp_path / "d", splits=(("train", 3),), size=16)
-    cfg = tiny_config()
-    cfg.data.augment = AugmentConfig(scale=(0.8, 1.2), rotate=30.0, hflip=True)
+    cfg = replace(
+        tiny_config(),
+        data=replace(tiny_config().data, augment=AugmentConfig(scale=(0.8, 1.2), rotate=30.0, hflip=True)),
+    )
     splits = make_splits(root, 0.0, 0)
     cfg = with_data_shape(cfg, root, splits.train)
     assert cfg.model.mask_channels == 4 and cfg.model.image_channels == 1

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from conftest import make_classes_data, stitch, tiny_config
 from segdiff.api import SegDiff
+from segdiff.config import apply_overrides
 from segdiff.train.loop import train
 
 
@@ -19,14 +20,11 @@ def _weights(run):
 
 def test_exact_resume_is_bitwise_with_classes_and_ignore(tmp_path):
     data = make_classes_data(tmp_path / "data", splits=(("train", 6), ("val", 2)))
-    cfg = tiny_config(max_steps=4, val_every=2, save_every=2)
-    cfg.model.dropout = 0.1
+    cfg = apply_overrides(tiny_config(max_steps=4, val_every=2, save_every=2), {"model.dropout": 0.1})
     train(data, tmp_path / "full", cfg, device="cpu", progress=False)
-    cfg_a = tiny_config(max_steps=2, val_every=2, save_every=2)
-    cfg_a.model.dropout = 0.1
+    cfg_a = apply_overrides(tiny_config(max_steps=2, val_every=2, save_every=2), {"model.dropout": 0.1})
     train(data, tmp_path / "part", cfg_a, device="cpu", progress=False)
-    cfg_b = tiny_config(max_steps=4, val_every=2, save_every=2)
-    cfg_b.model.dropout = 0.1
+    cfg_b = apply_overrides(tiny_config(max_steps=4, val_every=2, save_every=2), {"model.dropout": 0.1})
     train(data, tmp_path / "part", cfg_b, resume=True, device="cpu", progress=False)
     for a, b in zip(_weights(tmp_path / "full"), _weights(tmp_path / "part")):
         for k in a:
@@ -39,10 +37,16 @@ def test_exact_resume_is_bitwise_with_classes_and_ignore(tmp_path):
 
 
 def _model(K: int = 3, predict_mode: str = "tile", tile_stride=None) -> SegDiff:
-    cfg = tiny_config()
-    cfg.model.mask_channels = K
-    cfg.data.classes = tuple({"name": f"c{i}", "value": i} for i in range(K))
-    cfg.predict.mode, cfg.predict.tile_stride = predict_mode, tile_stride
+    classes = [{"name": f"c{i}", "value": i} for i in range(K)]
+    cfg = apply_overrides(
+        tiny_config(),
+        {
+            "model.mask_channels": K,
+            "data.classes": classes,
+            "predict.mode": predict_mode,
+            "predict.tile_stride": tile_stride,
+        },
+    )
     torch.manual_seed(0)
     model = SegDiff(cfg, "cpu")
     with torch.no_grad():
@@ -177,9 +181,15 @@ def test_tiny_model_learns_classes_by_texture(tmp_path):
     from segdiff.predict.run import predict_folder
 
     data = make_classes_dataset(tmp_path / "data", n_train=128, n_val=8, n_test=16, size=24, channels=1)
-    cfg = preset("tiny-fast")  # the tiny network with the short-budget recipe (x0 target, high-noise t)
-    cfg.data.size = 24
-    cfg.train.max_steps, cfg.train.val_every, cfg.train.save_every = LEARN_STEPS, LEARN_STEPS // 2, LEARN_STEPS
+    cfg = apply_overrides(  # the tiny network with the short-budget recipe (x0 target, high-noise t)
+        preset("tiny-fast"),
+        {
+            "data.size": 24,
+            "train.max_steps": LEARN_STEPS,
+            "train.val_every": LEARN_STEPS // 2,
+            "train.save_every": LEARN_STEPS,
+        },
+    )
     train(data, tmp_path / "run", cfg, device="cpu", progress=False)
     model = SegDiff.load(tmp_path / "run", device="cpu")
     predict_folder(model, data / "test" / "images", tmp_path / "pred", batch_images=16, progress=False)

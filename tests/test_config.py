@@ -2,7 +2,7 @@
 run folders of the earlier config format (commit dde3913)."""
 
 import json
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
 import pytest
@@ -133,6 +133,16 @@ def test_config_file_partial_over_a_preset_and_its_errors(capsys, tmp_path):
     assert "did you mean model.channel_mult" in _error(capsys, "config", "--config", str(f))
     f.write_text("{not json")
     assert "not valid JSON" in _error(capsys, "config", "--config", str(f))
+
+
+def test_configs_are_frozen():
+    """A config is never changed in place (a run, a preset and a caller share them): assigning a field fails,
+    `dataclasses.replace` / `apply_overrides` make a new one."""
+    cfg = preset("tiny-fast")
+    for section, name, value in [(cfg, "preset", "x"), (cfg.train, "max_steps", 5), (cfg.data.augment, "crop", 8)]:
+        with pytest.raises(FrozenInstanceError):
+            setattr(section, name, value)
+    assert cfg == preset("tiny-fast") and preset("tiny-fast").train.t_sampling == "high_noise"
 
 
 def test_overrides_never_change_the_config_they_start_from():

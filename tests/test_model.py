@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -59,8 +61,7 @@ def test_zero_initialised_output():
 
 
 def test_learned_time_embedding():
-    cfg = tiny_config().model
-    cfg.time_embedding = "learned"
+    cfg = replace(tiny_config().model, time_embedding="learned")
     net = SegDiffUNet(cfg, 10)
     assert net.time_embed.table.num_embeddings == 10
 

@@ -8,6 +8,7 @@ import torch
 
 from conftest import tiny_config
 from segdiff.api import SegDiff
+from segdiff.config import apply_overrides
 
 
 @pytest.mark.parametrize("mode", ["pad", "resize", "tile"])
@@ -33,6 +34,6 @@ def test_network_calls_counts_windows_and_generation_chunks():
     assert model.network_calls(32, 32, 1, opts) == 4 * 3 * 3
     opts = model.sampling_options(opts, mode="pad")
     assert model.network_calls(32, 32, 2, opts) == 2 * 3 * 3
-    model.config.predict.sampling_steps = None  # = T
+    model.config = apply_overrides(model.config, {"predict.sampling_steps": None})  # = T
     opts = model.sampling_options(generations=2, batch_generations=8)
     assert model.network_calls(16, 16, 6, opts) == 10 * 2  # 4 images of 2 generations per batch, all T steps

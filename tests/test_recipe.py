@@ -3,6 +3,7 @@ rule on validation, the one-pass baseline."""
 
 import itertools
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -48,13 +49,13 @@ def test_lr_schedule_follows_steps():
     assert learning_rate(tc, 110) == pytest.approx(1e-5)
     lrs = [learning_rate(tc, s) for s in range(10, 111)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
-    tc.lr_schedule = "linear"
+    tc = replace(tc, lr_schedule="linear")
     assert learning_rate(tc, 60) == pytest.approx(1e-3 - (1e-3 - 1e-5) * 0.5)
-    tc.lr_schedule = "constant"
+    tc = replace(tc, lr_schedule="constant")
     assert learning_rate(tc, 100) == 1e-3
     # a budget run: the decay starts only after the throughput probe (max_steps unknown before it)
     tc = TrainConfig(lr=1e-3, warmup_steps=2, max_steps=10**9, lr_schedule="cosine", budget_minutes=1.0)
-    tc.budget_warmup_steps, tc.budget_probe_steps = 5, 20
+    tc = replace(tc, budget_warmup_steps=5, budget_probe_steps=20)
     assert {learning_rate(tc, s) for s in range(2, 25)} == {1e-3}
 
 
@@ -70,10 +71,17 @@ def test_should_compile_rule():
 
 def test_budget_run_fixes_steps_once_and_resumes_exactly(tiny_data, tmp_path, monkeypatch):
     def budget_cfg():
-        cfg = tiny_config(max_steps=1000, val_every=0, save_every=0, lr_schedule="cosine", budget_minutes=0.05)
-        cfg.train.budget_warmup_steps, cfg.train.budget_probe_steps, cfg.train.warmup_steps = 2, 2, 2
-        cfg.model.dropout = 0.1
-        return cfg
+        cfg = tiny_config(
+            max_steps=1000,
+            val_every=0,
+            save_every=0,
+            lr_schedule="cosine",
+            budget_minutes=0.05,
+            budget_warmup_steps=2,
+            budget_probe_steps=2,
+            warmup_steps=2,
+        )
+        return replace(cfg, model=replace(cfg.model, dropout=0.1))
 
     def fake_clock():  # every call of the loop's clock advances 0.05 s: the same measurement in both runs
         ticks = itertools.count()
@@ -182,7 +190,7 @@ def test_selection_rule_cheapest_within_half_a_point():
 
 def test_onepass_baseline_trains_and_predicts_one_map(tiny_data, tmp_path):
     cfg = tiny_config(max_steps=2, val_every=0, save_every=0)
-    cfg.model.prediction = "onepass"
+    cfg = replace(cfg, model=replace(cfg.model, prediction="onepass"))
     summary = loop.train(tiny_data, tmp_path / "r", cfg, device="cpu", progress=False)
     assert summary["step"] == 2
     losses = [r["loss"] for r in _rows(tmp_path / "r")]

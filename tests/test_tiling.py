@@ -17,8 +17,9 @@ OPTS = {"generations": 3, "steps": 3}
 
 def _model(predict_mode: str = "tile", tile_stride: int | None = None) -> SegDiff:
     cfg = tiny_config()
-    cfg.data = replace(cfg.data, size=TILE)
-    cfg.predict = replace(cfg.predict, mode=predict_mode, tile_stride=tile_stride)
+    cfg = replace(
+        cfg, data=replace(cfg.data, size=TILE), predict=replace(cfg.predict, mode=predict_mode, tile_stride=tile_stride)
+    )
     torch.manual_seed(0)
     model = SegDiff(cfg, "cpu")
     # the output conv is zero-initialised; perturb every weight so that the output depends on the image

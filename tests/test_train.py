@@ -36,8 +36,7 @@ def test_checkpoint_round_trip(tmp_path):
     image = torch.rand(3, 16, 16)
     a, b = model.predict(image, seed=1), loaded.predict(image, seed=1)
     assert torch.equal(a.prob, b.prob)
-    other = tiny_config()
-    other.model.model_channels = 8
+    other = replace(tiny_config(), model=replace(tiny_config().model, model_channels=8))
     other.save(tmp_path / "m" / "config.json")
     with pytest.raises(CheckpointError, match="another configuration"):
         SegDiff.load(tmp_path / "m", weights="raw")
@@ -57,10 +56,10 @@ def _losses(run):
 
 def test_exact_resume_is_bitwise(tiny_data, tmp_path):
     cfg = tiny_config(max_steps=6, val_every=3, save_every=3)
-    cfg.model.dropout = 0.1  # the global RNG state must be restored too
+    cfg = replace(cfg, model=replace(cfg.model, dropout=0.1))  # the global RNG state must be restored too
     full = train(tiny_data, tmp_path / "full", cfg, device="cpu", progress=False)
     cfg_a = tiny_config(max_steps=3, val_every=3, save_every=3)
-    cfg_a.model.dropout = 0.1
+    cfg_a = replace(cfg_a, model=replace(cfg_a.model, dropout=0.1))
     train(tiny_data, tmp_path / "part", cfg_a, device="cpu", progress=False)
     cfg_b = replace(cfg_a, train=replace(cfg_a.train, max_steps=6))  # only the length changes on resume
     resumed = train(tiny_data, tmp_path / "part", cfg_b, resume=True, device="cpu", progress=False)

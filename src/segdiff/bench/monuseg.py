@@ -40,7 +40,6 @@ quadrant protocol scaled down (four 32 x 32 windows), with a smaller grid.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import shutil
@@ -55,7 +54,7 @@ import torch
 from .. import rng
 from ..api import SegDiff
 from ..atomic import atomic_write_text
-from ..config import COMPILE_MODES, SAMPLERS, AugmentConfig, RunConfig, preset
+from ..config import COMPILE_MODES, SAMPLERS, RunConfig, preset
 from ..data.folder import pair_split
 from ..data.io import read_image, read_mask, read_prob, write_mask, write_png
 from ..devices import synchronize
@@ -168,30 +167,35 @@ def make_config(args, train_minutes: float) -> RunConfig:
     """The preset (default monuseg-fast; --tiny: tiny-fast at 32 x 32 with the monuseg augmentation) with
     its training turned into a time budget: `train_minutes` -> a fixed max_steps (TrainConfig.budget_minutes)."""
     cfg = preset(args.preset)
+    tc = cfg.train
     if args.tiny:
         mon = preset("monuseg").data.augment
         size = 32
         # the paper's MoNuSeg augmentation at the tiny window size; tile = stride = 32 on 64 x 64 test crops
-        cfg.data = replace(cfg.data, size=size, augment=replace(mon, crop=size))
-        cfg.predict = replace(cfg.predict, mode="tile", tile_stride=None)
+        cfg = replace(
+            cfg,
+            data=replace(cfg.data, size=size, augment=replace(mon, crop=size)),
+            predict=replace(cfg.predict, mode="tile", tile_stride=None),
+        )
     else:
-        cfg.train.num_workers = args.num_workers
-    assert isinstance(cfg.data.augment, AugmentConfig)
-    tc = cfg.train
-    tc.batch_size = args.batch_size or tc.batch_size
-    if args.max_steps:  # debugging: a fixed number of steps instead of the budget
-        tc.max_steps, tc.budget_minutes = args.max_steps, None
-    else:
-        tc.max_steps, tc.budget_minutes = 10**9, train_minutes
-    tc.val_every = args.val_every
-    tc.val_max_images = None
-    # the validation at the end of training only picks raw or EMA weights (the grid below chooses the sampling)
-    tc.val_generations, tc.val_sampling_steps = 2, min(tc.val_sampling_steps or 10, 10)
-    tc.save_every = 0  # weights are written once at the end (and best.safetensors at each better validation)
-    tc.seed = args.seed
-    if args.compile:
-        tc.compile = args.compile
-    return cfg
+        tc = replace(tc, num_workers=args.num_workers)
+    # debugging (--max-steps): a fixed number of steps instead of the budget
+    steps, budget = (args.max_steps, None) if args.max_steps else (10**9, train_minutes)
+    tc = replace(
+        tc,
+        batch_size=args.batch_size or tc.batch_size,
+        max_steps=steps,
+        budget_minutes=budget,
+        val_every=args.val_every,
+        val_max_images=None,
+        # the validation at the end of training only picks raw or EMA weights (the grid below chooses the sampling)
+        val_generations=2,
+        val_sampling_steps=min(tc.val_sampling_steps or 10, 10),
+        save_every=0,  # weights are written once at the end (and best.safetensors at each better validation)
+        seed=args.seed,
+        compile=args.compile or tc.compile,
+    )
+    return replace(cfg, train=tc)
 
 
 # -- 3. the sampling setting, chosen on the validation images -------------------------------------------------
@@ -795,13 +799,15 @@ def segdiff_result(
 def baseline_phase(bench: Bench, cfg: RunConfig, minutes: float) -> dict:
     """The same network trained as a plain one-pass segmenter (x_t = 0, t = 0, sigmoid, BCE + soft Dice) for
     the same training minutes, predicted once per window by the same quadrant protocol, evaluated alike."""
-    bcfg = copy.deepcopy(cfg)
-    bcfg.preset = f"{cfg.preset} as a one-pass segmenter"
-    bcfg.model.prediction = "onepass"
-    bcfg.train.budget_fixed_at = None
-    if bcfg.train.budget_minutes is not None:
-        bcfg.train.budget_minutes, bcfg.train.max_steps = minutes, 10**9
-    bcfg.train.val_generations, bcfg.train.val_sampling_steps = 1, 1
+    tc = replace(cfg.train, budget_fixed_at=None, val_generations=1, val_sampling_steps=1)
+    if tc.budget_minutes is not None:
+        tc = replace(tc, budget_minutes=minutes, max_steps=10**9)
+    bcfg = replace(
+        cfg,
+        preset=f"{cfg.preset} as a one-pass segmenter",
+        model=replace(cfg.model, prediction="onepass"),
+        train=tc,
+    )
     folder = bench.out / "baseline"
     trained = train_phase(bench, "baseline_train", bcfg, folder / "run")
     _, scores = predict_phase(bench, "baseline_", trained.model, folder, generations=1)

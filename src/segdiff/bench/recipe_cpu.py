@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..api import SegDiff
-from ..config import AugmentConfig, DataConfig, RunConfig, apply_overrides, parse_assignments, preset
+from ..config import DataConfig, RunConfig, apply_overrides, parse_assignments, preset
 from ..data.folder import pair_split
 from ..data.io import read_image, read_mask, write_mask, write_png
 from ..errors import UserError
@@ -44,13 +44,16 @@ def narrow_config(crop: int = 32) -> RunConfig:
     EMA 0.999) on random crop x crop crops with the monuseg preset's augmentation."""
     cfg = preset("tiny")
     mon = preset("monuseg").data.augment
-    cfg.preset = "recipe-cpu"
-    cfg.data = DataConfig(size=crop, augment=AugmentConfig(**{**vars(mon), "crop": crop}))
-    cfg.predict = dataclasses.replace(cfg.predict, mode="tile")
-    t = cfg.train
-    t.log_every, t.val_every, t.save_every = 25, 0, 0
-    t.val_generations, t.val_sampling_steps = 1, 1  # the loop's own final validation is kept cheap: scoring is below
-    return cfg
+    return dataclasses.replace(
+        cfg,
+        preset="recipe-cpu",
+        data=DataConfig(size=crop, augment=dataclasses.replace(mon, crop=crop)),
+        predict=dataclasses.replace(cfg.predict, mode="tile"),
+        # the loop's own final validation is kept cheap (one generation, one step): scoring is below
+        train=dataclasses.replace(
+            cfg.train, log_every=25, val_every=0, save_every=0, val_generations=1, val_sampling_steps=1
+        ),
+    )
 
 
 def view(data: Path, out: Path, crop: int = 128) -> Path:
@@ -110,8 +113,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     root = view(a.data, a.out)
-    cfg = narrow_config()
-    cfg.train.max_steps = a.steps
+    cfg = apply_overrides(narrow_config(), {"train.max_steps": a.steps})
     cfg = apply_overrides(cfg, parse_assignments(a.set), text=True).validate()
     run = a.out / "runs" / a.name
     if run.exists():

@@ -4,7 +4,8 @@ A run is one `RunConfig`; it is written as config.json beside the weights and re
 `SegDiff.load`. Presets are named configs, not code paths. Every field can be set from a JSON file
 (`segdiff train --config FILE`) or the command line (`--set data.size=64 model.channel_mult=1,2,2`):
 `apply_overrides` parses and type-checks dotted keys, `RunConfig.validate` checks the values. Configs
-are never changed in place: overrides build a new one with `dataclasses.replace`.
+are never changed in place: the dataclasses are frozen, and overrides build a new one with
+`dataclasses.replace` (a config handed to a function is the config it was).
 
 `PredictConfig` is the whole prediction protocol (generations, sampling steps, sampler, variance,
 windows, precision, seed); the samplers and the predictor take it as it is.

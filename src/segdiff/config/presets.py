@@ -105,15 +105,25 @@ def _fast(cfg: RunConfig, name: str, lr: float, warmup: int, ema_rate: float) ->
     short EMA; validation only at the end of training (a budget run's steps are fixed up front), on 4 images
     with few steps. Chosen on the MoNuSeg validation images with the tiny network on a CPU (docs/results.md,
     "Recipe for short budgets")."""
-    cfg.preset = name
-    cfg.model.prediction = "x0"
-    t = cfg.train
-    t.lr, t.warmup_steps, t.ema_rate = lr, warmup, ema_rate
-    t.t_sampling = "high_noise"
-    t.val_every, t.val_generations, t.val_sampling_steps, t.val_max_images = 0, 4, 5, 4
-    t.compile = "auto"
-    cfg.predict = dataclasses.replace(cfg.predict, generations=4, sampling_steps=5, sampler="ddim")
-    return cfg
+    train = dataclasses.replace(
+        cfg.train,
+        lr=lr,
+        warmup_steps=warmup,
+        ema_rate=ema_rate,
+        t_sampling="high_noise",
+        val_every=0,
+        val_generations=4,
+        val_sampling_steps=5,
+        val_max_images=4,
+        compile="auto",
+    )
+    return dataclasses.replace(
+        cfg,
+        preset=name,
+        model=dataclasses.replace(cfg.model, prediction="x0"),
+        train=train,
+        predict=dataclasses.replace(cfg.predict, generations=4, sampling_steps=5, sampler="ddim"),
+    )
 
 
 def _monuseg_fast() -> RunConfig:

@@ -54,7 +54,7 @@ def chain_length(sampling_steps: int | None, T: int) -> int:
     return T if sampling_steps is None else sampling_steps
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """eps_theta(x_t, I, t) = D(E(F(x_t) + G(I), t), t) (paper eq. 17)."""
 
@@ -108,7 +108,7 @@ class ModelConfig:
                 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiffusionConfig:
     steps: int = 100  # T
     # "scaled": the authors' code, linear 1e-4..2e-2 scaled by 1000/T (1e-3..0.2 at T=100), which ends
@@ -121,7 +121,7 @@ class DiffusionConfig:
         _one_of(self, prefix, "schedule", SCHEDULES)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     """Joint image/mask augmentation (the same geometry for both)."""
 
@@ -143,7 +143,7 @@ class AugmentConfig:
         _check(self.hue <= 0.5, prefix + "hue", self.hue, "must be at most 0.5")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     size: int = 128  # the network's input size: training size (unless cropped) and predict's window
     val_fraction: float = 0.1  # held out of train when ROOT/val is absent
@@ -177,7 +177,7 @@ class DataConfig:
         self.augment.validate(prefix + "augment.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-4
@@ -240,7 +240,7 @@ class TrainConfig:
         _at_least(self, prefix, 0, "budget_fixed_at", optional=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictConfig:
     """The prediction protocol: multiple generations (paper 4.1) and how each is sampled.
 
@@ -325,7 +325,7 @@ class PredictConfig:
         return out
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     preset: str = "custom"
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -147,7 +147,7 @@ def run_config(out: Path, config: RunConfig | None, resume: bool) -> tuple[RunCo
     elif (out / "train_state.pt").exists() or (out / "config.json").exists():
         raise UserError(f"{out}: already holds a run; pass --resume to continue it or choose another --out")
     config.validate()
-    return replace(config, train=replace(config.train)), changes, kept  # the budget fixes max_steps in this copy
+    return config, changes, kept
 
 
 class TrainingRun:
@@ -394,7 +394,9 @@ class TrainingRun:
         probe_n = done if measured else max(step, 1)
         n = steps_for_budget(tc.budget_minutes * 60, now - t0, probe_s, probe_n, step)
         n = int(all_reduce_sum([float(n) if self.info.main else 0.0], self.device, self.info)[0])
-        tc.max_steps, tc.budget_fixed_at = n, step
+        # a new config, never a change in place: max_steps and when it was fixed, saved with the run
+        self.tc = replace(tc, max_steps=n, budget_fixed_at=step)
+        self.config = replace(self.config, train=self.tc)
         if self.info.main:
             self.config.save(self.out / "config.json")
         self.log.record(
@@ -506,6 +508,7 @@ class TrainingRun:
                         self.step > self.first_step and _now() - self.t0 >= tc.budget_minutes * 60
                     ):
                         self.fix_budget()
+                        tc = self.tc  # the fixed max_steps
                         if self.step >= tc.max_steps:
                             break
                 tw = _now()
