@@ -343,7 +343,7 @@ def test_benchmark_reports_per_call_time_preset_default_auto_rule_and_profile(tm
 
 @pytest.mark.slow
 def test_compile_probe_runs_in_fresh_processes(tmp_path):
-    from segdiff.bench.speed import compile_times
+    from segdiff.bench.compile_probe import compile_times
 
     # mode "off": the probe's plumbing without a (slow) CPU compile
     out = compile_times("tiny", torch.device("cpu"), rows=2, mode="off", folder=str(tmp_path), threads=1)

@@ -1,13 +1,14 @@
 """Every benchmark of the project (docs/benchmarks.md): `segdiff benchmark`, `segdiff study` and the programs
 run as `python -m segdiff.bench.<name>`.
 
-speed.py:           `segdiff benchmark`: seconds per image, TFLOP/s, memory, training throughput.
+speed/:             `segdiff benchmark`: seconds per image, TFLOP/s, memory, training throughput (protocol.py
+                    and the flag checks, measure.py, inference.py, training.py, profiler.py, report.py).
 study.py:           `segdiff study`: IoU / F1 / calibration against generations, sampling steps and sampler.
 monuseg.py:         the MoNuSeg benchmark within a time budget (training, choice of the sampling setting on
                     validation, test prediction, evaluation, a one-pass baseline).
 recipe_cpu.py:      one training lever at a time on the MoNuSeg validation images, on a CPU.
 reliability_gpu.py: GPU memory estimate against measurement; the cost of the non-finite check.
-compile_probe.py:   compile time in a fresh process (`segdiff benchmark --compile-times`).
+compile_probe.py:   compile time in a fresh process (`segdiff benchmark --compile-times`), the auto rule.
 reference.py:       the reference sampling path (the authors' way), kept for same-run comparisons.
 select.py:          the choice of a sampling setting on validation (monuseg.py).
 machine.py:         the environment every report records, and the --device check.

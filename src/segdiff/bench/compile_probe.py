@@ -1,4 +1,5 @@
-"""Compile time of the noise predictor in a fresh process, cold or warm (`segdiff benchmark --compile-times`).
+"""Compile time of the noise predictor in a fresh process, cold or warm (`segdiff benchmark --compile-times`),
+and the rule that decides from it whether compile="auto" compiles (`auto_rule`).
 
     python -m segdiff.bench.compile_probe --preset vaihingen --rows 30 --cache DIR [--device cuda] [--mode default]
 
@@ -17,6 +18,15 @@ T_START = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 
 def probe(preset_name: str, rows: int, cache: str, device: str, mode: str, amp: str = "auto") -> dict:
@@ -77,6 +87,83 @@ def probe(preset_name: str, rows: int, cache: str, device: str, mode: str, amp: 
         "compile_s": first - steady_s,
         "start_to_first_call_done_s": t_first_done,
     }
+
+
+# -- the driver (`segdiff benchmark --compile-times`) and the break-even rule of compile="auto" --------------
+
+
+def compile_times(
+    name: str, device: torch.device, rows: int, mode: str, folder: str, threads: int | None = None
+) -> dict:
+    """Cold and warm compile of preset `name`'s network in fresh processes (segdiff.bench.compile_probe):
+    the first run fills the empty cache `folder`, the second finds it filled."""
+    import segdiff
+
+    env = dict(os.environ)
+    src = str(Path(segdiff.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = [sys.executable, "-m", "segdiff.bench.compile_probe", "--preset", name, "--rows", str(rows)]
+    cmd += ["--cache", folder, "--device", str(device), "--mode", mode]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    out: dict = {"cache_folder": folder, "mode": mode, "rows": rows}
+    for label in ("cold", "warm"):
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            out[label] = {"error": f"exit {proc.returncode}: {tail}", "process_wall_s": wall}
+            break
+        out[label] = {**json.loads(proc.stdout.strip().splitlines()[-1]), "process_wall_s": wall}
+    return out
+
+
+def auto_rule(res: dict, device, proto) -> dict:
+    """What compile="auto" decides for this preset (its constants), and the same rule with this run's numbers
+    (`res`: bench_inference's result for the preset, with its compile_times; `proto`: the benchmark's Protocol)."""
+    from ..predict import compiling  # here, not at the top: the probe's process times its own imports
+
+    G, K, bg = proto.generations, proto.sampling_steps, res["batch_generations"]
+    calls = compiling.calls_for(1, G, bg, K)
+    rows = res["rows_per_call"]
+    est_call = rows * res["gflops_per_forward_without_G"] * 1e9 / (compiling.EAGER_TFLOPS * 1e12)
+
+    def break_even(per_call: float, compile_s: float, speedup: float) -> int | None:
+        gain = calls * per_call * (1 - 1 / speedup)
+        return math.ceil(compile_s / gain) if gain > 0 else None
+
+    one = compiling.auto_compile(device.type, calls, est_call)
+    out = {
+        "calls_per_image": calls,
+        "rule": "compile <=> calls * seconds_per_call * (1 - 1/speedup) > compile_seconds (CUDA only)",
+        "constants": {
+            "compile_seconds": compiling.COMPILE_SECONDS,
+            "speedup": compiling.SPEEDUP,
+            "eager_tflops": compiling.EAGER_TFLOPS,
+            "estimated_seconds_per_call": est_call,
+        },
+        "one_image_decision": one.mode,
+        "one_image_reason": one.reason,
+        "images_to_compile": break_even(est_call, compiling.COMPILE_SECONDS, compiling.SPEEDUP)
+        if device.type == "cuda"
+        else None,
+    }
+    eager = res["fast"].get("default")
+    compiled = next((r for r in res["fast"].values() if r.get("compile", "off") != "off"), None)
+    if eager and compiled:
+        cold = res.get("compile_times", {}).get("cold", {}).get("compile_s")
+        compile_s = cold if cold is not None else compiled.get("in_process_compile_seconds")
+        speedup = eager["seconds_per_image"] / compiled["seconds_per_image"]
+        per_call = eager["ms_per_call"] / 1000
+        out["measured"] = {
+            "seconds_per_call": per_call,
+            "speedup": speedup,
+            "compile_seconds": compile_s,
+            "compile_seconds_from": "cold process" if cold is not None else "first call in this process",
+            "images_to_compile": break_even(per_call, compile_s, speedup) if compile_s is not None else None,
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

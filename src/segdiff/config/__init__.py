@@ -34,7 +34,7 @@ from .choices import (
 from .errors import ConfigError
 from .migration import OLD_KEYS, merge_dict, migrate, read_json
 from .overrides import SET_BY_THE_RUN, apply_overrides, field_keys, flatten, parse_assignments
-from .presets import PRESETS, preset
+from .presets import PAPER_PRESETS, PRESETS, preset
 from .resume import RESUMABLE, resume_config
 from .schema import (
     AugmentConfig,
@@ -53,6 +53,7 @@ __all__ = [
     "COMPILE_MODES",
     "LR_SCHEDULES",
     "OLD_KEYS",
+    "PAPER_PRESETS",
     "PREDICTIONS",
     "PREDICT_MODES",
     "PRESETS",

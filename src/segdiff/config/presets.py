@@ -144,6 +144,9 @@ PRESETS = {
     "tiny-fast": _tiny_fast,
 }
 
+# the paper's three data sets (section 4), the presets `segdiff benchmark` measures by default
+PAPER_PRESETS = ("vaihingen", "monuseg", "cityscapes")
+
 
 def preset(name: str) -> RunConfig:
     if name not in PRESETS:
