@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_config
 from segdiff.api import SegDiff
-from segdiff.bench.select import choose_setting
+from segdiff.bench.monuseg.selection import choose_setting
 from segdiff.config import PredictConfig, RunConfig, TrainConfig, preset
 from segdiff.diffusion.gaussian import q_sample, training_loss
 from segdiff.diffusion.schedule import make_schedule, sample_timestep, timestep_probabilities

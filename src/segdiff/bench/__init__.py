@@ -4,13 +4,14 @@ run as `python -m segdiff.bench.<name>`.
 speed/:             `segdiff benchmark`: seconds per image, TFLOP/s, memory, training throughput (protocol.py
                     and the flag checks, measure.py, inference.py, training.py, profiler.py, report.py).
 study.py:           `segdiff study`: IoU / F1 / calibration against generations, sampling steps and sampler.
-monuseg.py:         the MoNuSeg benchmark within a time budget (training, choice of the sampling setting on
-                    validation, test prediction, evaluation, a one-pass baseline).
+monuseg/:           the MoNuSeg benchmark within a time budget (training, choice of the sampling setting on
+                    validation, test prediction, evaluation, a one-pass baseline): args.py, run.py, view.py,
+                    run_config.py, selection.py (the grid, the rule that chooses, its figure), figures.py,
+                    results.py, baseline.py.
 recipe_cpu.py:      one training lever at a time on the MoNuSeg validation images, on a CPU.
 reliability_gpu.py: GPU memory estimate against measurement; the cost of the non-finite check.
 compile_probe.py:   compile time in a fresh process (`segdiff benchmark --compile-times`), the auto rule.
 reference.py:       the reference sampling path (the authors' way), kept for same-run comparisons.
-select.py:          the choice of a sampling setting on validation (monuseg.py).
 machine.py:         the environment every report records, and the --device check.
 
 The argument parsers live here and import nothing heavy, so that `segdiff --help` stays fast.
