@@ -257,6 +257,25 @@ def _old_format(cfg: RunConfig, variance: str, mode: str) -> dict:
     return d
 
 
+def test_a_new_run_refuses_a_config_whose_budget_was_fixed_by_another_run(capsys, tmp_path):
+    """train.budget_fixed_at is written by the run; a copied config.json with it would make a new run keep the
+    other run's max_steps without measuring: refused by --set and by train --config."""
+    d = tiny_config(budget_minutes=1.0, budget_fixed_at=7, max_steps=40).to_dict()
+    (tmp_path / "c.json").write_text(json.dumps(d))
+    argv = [
+        "train",
+        "--config",
+        str(tmp_path / "c.json"),
+        "--data",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    err = _error(capsys, *argv)
+    assert "train.budget_fixed_at = 7 is set by the run" in err and "null" in err
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_config_json_that_says_predict_steps_loads_as_sampling_steps(tmp_path):
     """`predict.steps` was the field's earlier name: a saved config.json with it is migrated on load, and
     PredictConfig has one name for K (no `steps` attribute that reads the same field)."""

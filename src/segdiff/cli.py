@@ -106,6 +106,13 @@ def _train(args) -> int:
     elif args.preset is None and args.config is None:
         raise UserError("--preset (tiny, monuseg, vaihingen, cityscapes) or --config FILE is required for a new run")
     cfg = _run_config(args, base)
+    if base is None and cfg.train.budget_fixed_at is not None:
+        # a run's config.json given as --config: its fixed max_steps belongs to that run; a new run with it would
+        # skip measuring its own throughput and keep the other run's step count
+        raise UserError(
+            f"--config {args.config}: train.budget_fixed_at = {cfg.train.budget_fixed_at} is set by the run that "
+            "wrote it (when it fixed max_steps); remove it (or set it to null) to start a new run"
+        )
     summary = train(args.data, args.out, cfg, resume=args.resume, device=args.device, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # once under torchrun
         print(json.dumps(summary))
