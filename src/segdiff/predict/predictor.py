@@ -29,7 +29,7 @@ from ..errors import CheckpointError, UserError
 from ..memory import check_prediction
 from ..model import SegDiffUNet
 from . import compiling
-from .ensemble import network_calls, pad_to_stride, sample_x0, summarise, summarise_classes
+from .ensemble import network_calls, output_kind, pad_to_stride, sample_x0, summarise, summarise_classes
 from .tiling import Stitcher, blend_weight, windows
 
 
@@ -163,14 +163,14 @@ class Predictor:
         """How many network calls `predict` makes for `batch` images of height x width under `opts` (the
         total that an `on_step` progress callback counts up to)."""
         opts = opts or self.sampling_options()
-        size, T = self.config.data.size, len(self.schedule)
+        size, T, kind = self.config.data.size, len(self.schedule), output_kind(self.net)
         if opts.mode == "tile" and (height > size or width > size):
             if min(height, width) < size:
                 height, width = height + (-height) % size, width + (-width) % size
             n = len(windows(height, width, size, opts.tile_stride or size))
             per_call = max(1, opts.batch_generations // max(1, opts.generations))
-            return batch * sum(network_calls(min(per_call, n - i), opts, T) for i in range(0, n, per_call))
-        return network_calls(batch, opts, T)
+            return batch * sum(network_calls(min(per_call, n - i), opts, T, kind) for i in range(0, n, per_call))
+        return network_calls(batch, opts, T, kind)
 
     def network_inputs(self, shape: tuple[int, int], opts: PredictConfig) -> tuple[tuple[int, int], int]:
         """The network input size and the number of inputs (1, or the windows) for an image of `shape` (H, W)."""
