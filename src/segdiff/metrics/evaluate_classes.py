@@ -70,7 +70,7 @@ def evaluate_class_dirs(
         rows.append(row | {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])})
     if not rows:
         raise DataError(f"{gt_dir}: no images to evaluate")
-    summary = summarize_classes(scores, list(classes.names))
+    summary = summarize_classes(scores, list(classes.names), classes.background)
     summary["ignored_pixels"] = ignored
     summary["calibration"] = calib.summary() if calib is not None and calib.n_images else None
     summary["inputs"] = {"pred": str(mask_dir), "gt": str(gt_dir), "prob": None if prob_dir is None else str(prob_dir)}
@@ -99,8 +99,10 @@ def _score_image(
     sc = score_classes(p, g, K)
     valid = g < K
     row = {"stem": gt_file.stem}
-    fg_iou = sc["iou"][1:][np.isfinite(sc["iou"][1:])]
-    row["miou_fg"] = float(fg_iou.mean()) if fg_iou.size else ""
+    if classes.background is not None:
+        fg_iou = sc["iou"][np.arange(K) != classes.background]
+        fg_iou = fg_iou[np.isfinite(fg_iou)]
+        row["miou_fg"] = float(fg_iou.mean()) if fg_iou.size else ""
     for k, n in enumerate(classes.names):
         for m in ("iou", "dice", "boundf"):
             row[f"{m}[{n}]"] = "" if not np.isfinite(sc[m][k]) else float(sc[m][k])
@@ -151,9 +153,8 @@ def format_class_table(summary: dict) -> str:
     def pct(v) -> str:
         return "   n/a" if v is None else f"{100 * v:6.2f}"
 
-    lines = [
-        f"{n} image{'s' if n != 1 else ''}, {len(summary['classes'])} classes, background: {summary['background']}"
-    ]
+    background = summary["background"] if summary["background"] is not None else summary["foreground_means"]
+    lines = [f"{n} image{'s' if n != 1 else ''}, {len(summary['classes'])} classes, background: {background}"]
     lines.append(f"  {'class':<20}{'IoU':>8}{'Dice':>8}{'IoU pool':>10}{'Dice pool':>10}{'BoundF':>8}  (%)")
     for name, c in summary["per_class"].items():
         lines.append(
@@ -164,10 +165,11 @@ def format_class_table(summary: dict) -> str:
         f"  {'mean (all)':<20}{pct(summary['miou']):>8}{pct(summary['mdice']):>8}{pct(summary['miou_pooled']):>10}"
         f"{pct(summary['mdice_pooled']):>10}{pct(summary['boundf']):>8}"
     )
-    lines.append(
-        f"  {'mean (foreground)':<20}{pct(summary['miou_fg']):>8}{pct(summary['mdice_fg']):>8}"
-        f"{pct(summary['miou_pooled_fg']):>10}{pct(summary['mdice_pooled_fg']):>10}{pct(summary['boundf_fg']):>8}"
-    )
+    if "miou_fg" in summary:
+        lines.append(
+            f"  {'mean (foreground)':<20}{pct(summary['miou_fg']):>8}{pct(summary['mdice_fg']):>8}"
+            f"{pct(summary['miou_pooled_fg']):>10}{pct(summary['mdice_pooled_fg']):>10}{pct(summary['boundf_fg']):>8}"
+        )
     lines.append(f"  pixel accuracy {pct(summary['pixel_accuracy'])} %, ignored pixels {summary['ignored_pixels']}")
     cal = summary.get("calibration")
     if cal:
