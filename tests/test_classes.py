@@ -200,6 +200,7 @@ def test_multiclass_model_loss_ignore_and_predict():
     torch.testing.assert_close(out.prob.sum(1), torch.ones(2, 16, 16))
     assert torch.equal(out.mask, out.prob.argmax(1)) and out.classes == ("a", "b", "c")
     assert float(out.uncertainty.max()) <= np.log(3) + 1e-5
+    assert out.kind == "classes" and out.entropy is out.uncertainty and out.std is None
     # resize mode: the K maps are resized with the generations
     model.config.predict.mode = "resize"
     assert model.predict(torch.rand(1, 3, 20, 12), generations=2, steps=1).prob.shape == (1, 3, 20, 12)

@@ -35,13 +35,17 @@ from .tiling import Stitcher, blend_weight, windows
 
 @dataclass
 class Prediction:
-    """Binary: mask (bool), prob and uncertainty (std over generations): [B, H, W]; samples: [B, G, H, W]
-    per-generation maps in [0, 1].
+    """One prediction; `kind` says which of two meanings its fields have.
 
-    K classes (a multi-class model): mask = the label, class indices int64 [B, H, W]; prob [B, K, H, W];
-    uncertainty = entropy of the mean class distribution [B, H, W] (nats); disagreement [B, H, W] (fraction
-    of generations whose argmax differs from the label); samples [B, G, K, H, W] (each generation's
-    distribution). `classes` holds the class names in label order (None for binary).
+    kind "binary": mask (bool), prob (mean foreground probability) and uncertainty [B, H, W]; uncertainty is
+    the standard deviation over generations (in [0, 0.5]; also `std`); samples: [B, G, H, W] per-generation
+    maps in [0, 1].
+
+    kind "classes" (a multi-class model): mask = the label, class indices int64 [B, H, W]; prob [B, K, H, W];
+    uncertainty = entropy of the mean class distribution [B, H, W] (nats, in [0, log K]; also `entropy`);
+    disagreement [B, H, W] (fraction of generations whose argmax differs from the label); samples
+    [B, G, K, H, W] (each generation's distribution). `classes` holds the class names in label order (None
+    for binary).
     """
 
     mask: torch.Tensor
@@ -52,8 +56,18 @@ class Prediction:
     classes: tuple[str, ...] | None = None
 
     @property
-    def label(self) -> torch.Tensor:
-        return self.mask
+    def kind(self) -> str:
+        return "binary" if self.classes is None else "classes"
+
+    @property
+    def std(self) -> torch.Tensor | None:
+        """The standard deviation over generations of a binary prediction (its `uncertainty`); None for K classes."""
+        return self.uncertainty if self.kind == "binary" else None
+
+    @property
+    def entropy(self) -> torch.Tensor | None:
+        """The entropy (nats) of a K-class prediction's mean distribution (its `uncertainty`); None for binary."""
+        return self.uncertainty if self.kind == "classes" else None
 
 
 def build_network(config: RunConfig, device: torch.device | str | None = None) -> SegDiffUNet:
