@@ -111,6 +111,12 @@ class ClassSet:
         return {"classes": [dict(c) for c in self.to_config()["classes"]], "ignore": ignore}
 
     @classmethod
+    def from_json(cls, d, source: str) -> ClassSet:
+        """The ClassSet of a classes.json's content (`to_json`'s form, e.g. a summary's "class_set"); errors
+        name `source`."""
+        return _parse(d, source)
+
+    @classmethod
     def from_config(cls, data_cfg) -> ClassSet | None:
         if not data_cfg.classes:
             return None
