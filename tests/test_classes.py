@@ -218,7 +218,9 @@ def test_class_metrics():
     iou2, _ = iou_dice(confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), 3))
     assert iou2[0] == 1 and np.isnan(iou2[1:]).all()
     s = summarize_classes(
-        [score_classes(pred, gt, 3), score_classes(np.zeros((2, 4), int), np.zeros((2, 4), int), 3)], ["bg", "x", "y"], 0
+        [score_classes(pred, gt, 3), score_classes(np.zeros((2, 4), int), np.zeros((2, 4), int), 3)],
+        ["bg", "x", "y"],
+        0,
     )
     assert s["per_class"]["x"]["iou"] == pytest.approx(2 / 3) and s["per_class"]["x"]["images"] == 1
     assert s["per_class"]["bg"]["iou"] == pytest.approx((0.5 + 1) / 2)

@@ -121,8 +121,12 @@ def test_class_job_writes_the_files_of_segdiff_predict(k3, tmp_path):
             {"name": "stripes", "color": "#e6194b", "background": False},
             {"name": "checks", "color": "#3cb44b", "background": False},
         ]
-        r = c.post("/api/jobs", files=[("images", ("a.png", _image_bytes(image), "image/png"))],
-                   data={"generations": "2", "steps": "3"}, headers=HEADERS)
+        r = c.post(
+            "/api/jobs",
+            files=[("images", ("a.png", _image_bytes(image), "image/png"))],
+            data={"generations": "2", "steps": "3"},
+            headers=HEADERS,
+        )
         assert r.status_code == 202, r.text
         s = _wait(c, r.json()["id"])
         assert s["state"] == "done", s
@@ -131,14 +135,29 @@ def test_class_job_writes_the_files_of_segdiff_predict(k3, tmp_path):
         gens = [c.get(u).content for u in res["generations"]]
         class_prob = [c.get(u).content for u in res["class_prob"]]
         assert c.get(res["class_prob"][0].replace("/class/0", f"/class/{K}")).status_code == 404
-    assert set(got) == {"input", "overlay", "mask", "color", "prob_tif", "uncertainty", "uncertainty_tif",
-                        "disagreement", "disagreement_tif"}
+    assert set(got) == {
+        "input",
+        "overlay",
+        "mask",
+        "color",
+        "prob_tif",
+        "uncertainty",
+        "uncertainty_tif",
+        "disagreement",
+        "disagreement_tif",
+    }
     assert 'filename="a_disagreement.tif"' in got["disagreement_tif"].headers["content-disposition"]
     out = tmp_path / "pred"
     predict_folder(model, tmp_path / "in", out, generations=2, steps=3, save_generations=True, progress=False)
-    same = {"mask": "masks/000.png", "color": "color/000.png", "prob_tif": "prob/000.tif",
-            "uncertainty": "uncertainty/000.png", "uncertainty_tif": "uncertainty/000.tif",
-            "disagreement": "disagreement/000.png", "disagreement_tif": "disagreement/000.tif"}
+    same = {
+        "mask": "masks/000.png",
+        "color": "color/000.png",
+        "prob_tif": "prob/000.tif",
+        "uncertainty": "uncertainty/000.png",
+        "uncertainty_tif": "uncertainty/000.tif",
+        "disagreement": "disagreement/000.png",
+        "disagreement_tif": "disagreement/000.tif",
+    }
     for kind, path in same.items():
         assert got[kind].content == (out / path).read_bytes(), kind
     assert gens == [(out / "generations" / "000" / f"{k:03d}.png").read_bytes() for k in range(2)]
@@ -150,28 +169,43 @@ def test_class_job_writes_the_files_of_segdiff_predict(k3, tmp_path):
     prob = tifffile.imread(out / "prob" / "000.tif")
     assert prob.shape == (K, 20, 12)
     for k in range(K):
-        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(class_prob[k]))), (prob[k] * 255 + 0.5).astype(np.uint8))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(io.BytesIO(class_prob[k]))), (prob[k] * 255 + 0.5).astype(np.uint8)
+        )
 
 
 def test_uploads_must_have_the_runs_channel_count(grey, k3, tmp_path):
     grey_image = np.random.default_rng(1).integers(0, 256, (SIZE, SIZE), dtype=np.uint8)
     with _client(grey["model"], tmp_path / "g") as c:
         assert c.get("/api/info").json()["model"]["image_channels"] == 1
-        r = c.post("/api/jobs", files=[("images", ("scan.png", _image_bytes(grey_image), "image/png"))],
-                   data={"generations": "1", "steps": "3"}, headers=HEADERS)
+        r = c.post(
+            "/api/jobs",
+            files=[("images", ("scan.png", _image_bytes(grey_image), "image/png"))],
+            data={"generations": "1", "steps": "3"},
+            headers=HEADERS,
+        )
         assert r.status_code == 202, r.text
         s = _wait(c, r.json()["id"])
         assert s["state"] == "done", s
         mask = np.asarray(Image.open(io.BytesIO(c.get(s["results"][0]["files"]["mask"]).content)))
         assert mask.shape == (SIZE, SIZE)
-        for name, data in (("photo.png", _image_bytes(_rgb())), ("four.tif", _image_bytes(np.zeros((4, 8, 8), np.uint8), "TIFF"))):
+        for name, data in (
+            ("photo.png", _image_bytes(_rgb())),
+            ("four.tif", _image_bytes(np.zeros((4, 8, 8), np.uint8), "TIFF")),
+        ):
             r = c.post("/api/jobs", files=[("images", (name, data, "image/png"))], headers=HEADERS)
             assert r.status_code == 400, r.text
             n = 3 if name == "photo.png" else 4
-            assert r.json()["error"].startswith(f"{name}: image has {n} channel(s) but the model was trained on 1-channel")
+            assert r.json()["error"].startswith(
+                f"{name}: image has {n} channel(s) but the model was trained on 1-channel"
+            )
     with _client(k3["model"], tmp_path / "k") as c:  # an RGB run takes a grey upload (replicated, as predict does)
-        r = c.post("/api/jobs", files=[("images", ("g.png", _image_bytes(grey_image), "image/png"))],
-                   data={"generations": "1", "steps": "3"}, headers=HEADERS)
+        r = c.post(
+            "/api/jobs",
+            files=[("images", ("g.png", _image_bytes(grey_image), "image/png"))],
+            data={"generations": "1", "steps": "3"},
+            headers=HEADERS,
+        )
         assert r.status_code == 202 and _wait(c, r.json()["id"])["state"] == "done"
 
 
@@ -218,8 +252,14 @@ def browser():
 
 
 def _serve(model, workdir, evaluation=None):
-    app = create_app(model, evaluation, Limits(max_pixels=64 * 64), workdir=workdir,
-                     allowed_hosts=allowed_hosts("127.0.0.1", 0), run_name="run")
+    app = create_app(
+        model,
+        evaluation,
+        Limits(max_pixels=64 * 64),
+        workdir=workdir,
+        allowed_hosts=allowed_hosts("127.0.0.1", 0),
+        run_name="run",
+    )
     return ServerThread(app).start()
 
 
@@ -247,7 +287,11 @@ def test_class_run_pages_in_chromium(browser, k3, tmp_path):
         job_id = d.execute_script("return document.querySelector('.job').dataset.job")
         seen = d.execute_script(f"return window.segdiffProgress['{job_id}']")
         assert seen[-1] == 100
-        wait_for(d, "return [...document.querySelectorAll('.job .result img')].every(i => i.complete && i.naturalWidth > 0)", 20)
+        wait_for(
+            d,
+            "return [...document.querySelectorAll('.job .result img')].every(i => i.complete && i.naturalWidth > 0)",
+            20,
+        )
         for cls in ("over", "label", "class-prob", "uncertainty", "disagreement"):
             assert len(d.find_elements(By.CSS_SELECTOR, f".job .result img.{cls}")) == 1, cls
         G = k3["model"].sampling_options().generations  # the run's defaults
@@ -256,7 +300,9 @@ def test_class_run_pages_in_chromium(browser, k3, tmp_path):
         names = [e.text for e in d.find_elements(By.CSS_SELECTOR, ".class-legend .class-name")]
         assert names == ["background (background)", "stripes", "checks"]
         colours = d.execute_script(
-            "return [...document.querySelectorAll('.class-legend .swatch')].map(s => getComputedStyle(s).backgroundColor)")
+            "return [...document.querySelectorAll('.class-legend .swatch')]"
+            ".map(s => getComputedStyle(s).backgroundColor)"
+        )
         assert colours == [f"rgb({r}, {g}, {b})" for r, g, b in CLASS_COLORS[:K]]
         # the class picker shows each class's probability map (the first foreground class first)
         picker = d.find_element(By.CSS_SELECTOR, ".job .class-picker")
@@ -264,15 +310,29 @@ def test_class_run_pages_in_chromium(browser, k3, tmp_path):
         assert picker.get_attribute("value") == "1" and src().endswith("/0/class/1")
         d.execute_script("const p = arguments[0]; p.value = '2'; p.dispatchEvent(new Event('change'))", picker)
         assert src().endswith("/0/class/2")
-        wait_for(d, "const i = document.querySelector('.job img.class-prob'); return i.complete && i.naturalWidth === 20")
+        wait_for(
+            d, "const i = document.querySelector('.job img.class-prob'); return i.complete && i.naturalWidth === 20"
+        )
         # the downloads are the files segdiff predict writes, each of the upload's size
         links = d.find_elements(By.CSS_SELECTOR, ".job a.download")
         got = {a.get_attribute("download"): a.get_attribute("href") for a in links}
-        assert set(got) == {f"street_{k}" for k in ("mask.png", "color.png", "prob.tif", "uncertainty.tif",
-                                                      "uncertainty.png", "disagreement.tif", "disagreement.png")}
+        assert set(got) == {
+            f"street_{k}"
+            for k in (
+                "mask.png",
+                "color.png",
+                "prob.tif",
+                "uncertainty.tif",
+                "uncertainty.png",
+                "disagreement.tif",
+                "disagreement.png",
+            )
+        }
         for name, href in got.items():
             data = urllib.request.urlopen(href).read()
-            arr = tifffile.imread(io.BytesIO(data)) if name.endswith(".tif") else np.asarray(Image.open(io.BytesIO(data)))
+            arr = (
+                tifffile.imread(io.BytesIO(data)) if name.endswith(".tif") else np.asarray(Image.open(io.BytesIO(data)))
+            )
             assert arr.shape[-2:] == (24, 20) if name.endswith("prob.tif") else arr.shape[:2] == (24, 20), name
 
         # the evaluation browser: the per-class scores, one IoU column per class, label maps in colour
@@ -288,8 +348,14 @@ def test_class_run_pages_in_chromium(browser, k3, tmp_path):
         assert headers[:3] == ["Image", "mIoU", "mIoU without background"] and "IoU stripes" in headers
         d.find_element(By.CSS_SELECTOR, "th[data-key=miou]").click()
         d.find_elements(By.CSS_SELECTOR, "#eval-table tbody tr")[0].click()
-        wait_for(d, "return [...document.querySelectorAll('#eval-panels img')].every(i => i.complete && i.naturalWidth > 0)", 20)
-        kinds = d.execute_script("return [...document.querySelectorAll('#eval-panels figcaption')].map(f => f.textContent)")
+        wait_for(
+            d,
+            "return [...document.querySelectorAll('#eval-panels img')].every(i => i.complete && i.naturalWidth > 0)",
+            20,
+        )
+        kinds = d.execute_script(
+            "return [...document.querySelectorAll('#eval-panels figcaption')].map(f => f.textContent)"
+        )
         assert kinds == ["image", "ground truth", "prediction", "error map", "probability of the predicted class"]
         assert "wrong class" in d.find_element(By.ID, "error-legend").text
         assert not [e for e in d.get_log("browser") if "Content Security Policy" in e["message"]]
@@ -313,9 +379,14 @@ def test_one_channel_run_page_in_chromium(browser, grey, tmp_path):
         assert "colour.png: image has 3 channel(s) but the model was trained on 1-channel images" in shown
         Image.fromarray(_rgb()[..., 0]).save(tmp_path / "grey.png")
         _submit(d, tmp_path / "grey.png")
-        state = "const j = document.querySelector('.job'); return j && j.dataset.state !== 'queued' && j.dataset.state !== 'running' && j.dataset.state"
+        state = "const j = document.querySelector('.job'); return j && !['queued', 'running'].includes(j.dataset.state)"
+        state += " && j.dataset.state"
         assert wait_for(d, state, 60) == "done", d.find_element(By.CSS_SELECTOR, ".job .status").text
-        wait_for(d, "return [...document.querySelectorAll('.job .result img')].every(i => i.complete && i.naturalWidth > 0)", 20)
+        wait_for(
+            d,
+            "return [...document.querySelectorAll('.job .result img')].every(i => i.complete && i.naturalWidth > 0)",
+            20,
+        )
         for cls in ("over", "mask", "prob", "uncertainty"):
             assert len(d.find_elements(By.CSS_SELECTOR, f".job .result img.{cls}")) == 1, cls
     finally:

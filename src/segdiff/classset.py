@@ -279,7 +279,7 @@ def _background(items: list[dict], names: list[str], source: str) -> int | None:
     if any("background" in c for c in items):
         marked = [i for i, c in enumerate(items) if c.get("background")]
         if len(marked) > 1:
-            raise DataError(f"{source}: {len(marked)} classes are marked \"background\": true; mark at most one")
+            raise DataError(f'{source}: {len(marked)} classes are marked "background": true; mark at most one')
         return marked[0] if marked else None
     named = [i for i, n in enumerate(names) if _named_background(n)]
     return named[0] if named else None

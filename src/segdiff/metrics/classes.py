@@ -133,7 +133,7 @@ def summarize_classes(rows: list[dict], names: list[str], background: int | None
 
 
 NO_BACKGROUND = (
-    "none: no class is the background (mark one with \"background\": true in classes.json), so there are "
+    'none: no class is the background (mark one with "background": true in classes.json), so there are '
     "no means without it (_fg)"
 )
 

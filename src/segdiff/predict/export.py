@@ -93,7 +93,6 @@ def stems_with_partials(out: Path) -> set[str]:
     return stems
 
 
-
 def write_class_prediction(out: Path, stem: str, classes, label, prob, entropy, disagreement, samples=None) -> None:
     """One image of a K-class model: label [H, W] class indices, prob [K, H, W], entropy and disagreement
     [H, W], samples [G, K, H, W] or None. The label PNG is written last (it marks a finished image), and an

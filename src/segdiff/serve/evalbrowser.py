@@ -2,9 +2,9 @@
 
 SUMMARY.json names its folders (inputs.pred, inputs.gt, inputs.prob, inputs.uncertainty); its per-image
 scores are in the CSV beside it. A K-class summary (it has "class_set") is shown with its per-class scores,
-label maps in the classes' colours and an error map of right and wrong pixels. The folders are listed once, at start-up, into an index
-stem -> file; a request names a row number and a kind of map, never a path. Every file is also checked,
-after resolving links, to lie inside its folder.
+label maps in the classes' colours and an error map of right and wrong pixels. The folders are listed
+once, at start-up, into an index stem -> file; a request names a row number and a kind of map, never a
+path. Every file is also checked, after resolving links, to lie inside its folder.
 """
 
 from __future__ import annotations
@@ -278,4 +278,3 @@ def error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     if pred.shape != gt.shape:
         raise UserError(f"prediction {pred.shape} and ground truth {gt.shape} differ in size")
     return error_image(pred, gt, ERROR_COLOURS, np.uint8)
-

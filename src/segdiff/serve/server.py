@@ -9,6 +9,7 @@ import time
 
 import uvicorn
 
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
