@@ -209,6 +209,21 @@ def test_uploads_must_have_the_runs_channel_count(grey, k3, tmp_path):
         assert r.status_code == 202 and _wait(c, r.json()["id"])["state"] == "done"
 
 
+def test_multichannel_and_rgba_uploads_are_read_as_predict_reads_them():
+    from segdiff.serve.jobs import display_image
+    from segdiff.serve.uploads import UploadError, decode_upload
+
+    tiff = _image_bytes(np.random.default_rng(2).integers(0, 256, (4, 8, 6), dtype=np.uint8), "TIFF")
+    image = decode_upload("bands.tif", tiff, 64 * 64, channels=4)  # a run on 4-channel TIFFs
+    assert image.shape == (8, 6, 4) and image.dtype == np.float32
+    assert display_image(image).shape == (8, 6, 3)  # shown by its first three channels
+    rgba = np.dstack([_rgb(8, 6), np.full((8, 6), 128, np.uint8)])
+    assert decode_upload("a.png", _image_bytes(rgba), 64 * 64, channels=3).shape == (8, 6, 3)  # alpha dropped
+    with pytest.raises(UploadError, match=r"^a\.png: image has 3 channel\(s\) but the model was trained on 4"):
+        decode_upload("a.png", _image_bytes(rgba), 64 * 64, channels=4)
+    assert display_image(decode_upload("g.png", _image_bytes(_rgb()[..., 0]), 64 * 64, channels=1)).ndim == 2
+
+
 def test_eval_api_of_a_class_summary(k3):
     ev = EvalIndex(k3["summary"], k3["data"] / "test")
     info = ev.info()
