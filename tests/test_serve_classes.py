@@ -235,7 +235,10 @@ def test_eval_api_of_a_class_summary(k3):
     keys = [c["key"] for c in info["columns"]]
     assert keys == ["stem", "miou", "miou_fg", "iou[background]", "iou[stripes]", "iou[checks]", "calibration"]
     assert [r["stem"] for r in info["rows"]] == ["img00", "img01", "img02"]
-    assert set(info["kinds"]) == {"image", "gt", "pred", "error", "prob"}
+    assert set(info["kinds"]) == {"image", "gt", "pred", "error", "prob", "uncertainty"}
+    # the entropy map, drawn as predict draws it (inferno on 0..log K)
+    entropy = np.asarray(Image.open(io.BytesIO(ev.render(1, "uncertainty"))))
+    np.testing.assert_array_equal(entropy, np.asarray(Image.open(k3["root"] / "pred" / "uncertainty" / "img01.png")))
     cs = k3["model"].classes
     gt = np.asarray(Image.open(io.BytesIO(ev.render(1, "gt"))))
     raw = np.asarray(Image.open(k3["data"] / "test" / "masks" / "img01.png"))
@@ -371,7 +374,14 @@ def test_class_run_pages_in_chromium(browser, k3, tmp_path):
         kinds = d.execute_script(
             "return [...document.querySelectorAll('#eval-panels figcaption')].map(f => f.textContent)"
         )
-        assert kinds == ["image", "ground truth", "prediction", "error map", "probability of the predicted class"]
+        assert kinds == [
+            "image",
+            "ground truth",
+            "prediction",
+            "error map",
+            "probability of the predicted class",
+            "entropy",
+        ]
         assert "wrong class" in d.find_element(By.ID, "error-legend").text
         assert not [e for e in d.get_log("browser") if "Content Security Policy" in e["message"]]
     finally:

@@ -19,7 +19,7 @@ from ..data.io import read_class_prob
 from ..errors import DataError, UserError
 from .calibration import CalibrationAccumulator
 from .classes import plot_confusion, score_classes, summarize_classes
-from .files import output_paths, pair_masks, write_reliability, write_rows_csv, write_summary
+from .files import input_folders, output_paths, pair_masks, write_reliability, write_rows_csv, write_summary
 
 # K-class probability maps are channels-first stacks; predict writes no PNG of them (8-bit would be lossy).
 CLASS_PROB_EXTS = (".tif", ".tiff", ".npy")
@@ -52,9 +52,11 @@ def evaluate_class_dirs(
     prob_dir: Path | None = None,
     out: Path | None = None,
     reliability_png: bool = True,
+    uncertainty_dir: Path | None = None,
 ) -> dict:
     """Score K-class label masks against ground truth (docs/metrics.md, "Multi-class"); return (and with
-    `out`, write) the summary. Called by `evaluate_dirs`, which resolves the folders and the classes."""
+    `out`, write) the summary. Called by `evaluate_dirs`, which resolves the folders and the classes.
+    uncertainty_dir: the entropy maps of a `segdiff predict` output, named in the summary's inputs."""
     pred_files, gt_files = pair_masks(mask_dir, gt_dir)
     prob_files = None
     if prob_dir is not None:  # only .tif/.tiff/.npy, and a map without ground truth is ignored
@@ -73,7 +75,7 @@ def evaluate_class_dirs(
     summary = summarize_classes(scores, list(classes.names), classes.background)
     summary["ignored_pixels"] = ignored
     summary["calibration"] = calib.summary() if calib is not None and calib.n_images else None
-    summary["inputs"] = {"pred": str(mask_dir), "gt": str(gt_dir), "prob": None if prob_dir is None else str(prob_dir)}
+    summary["inputs"] = input_folders(mask_dir, gt_dir, prob_dir, uncertainty_dir)
     summary["class_set"] = classes.to_json()
     if out is not None:
         summary["outputs"] = _write_outputs(Path(out), summary, rows, list(classes.names), calib, reliability_png)

@@ -270,7 +270,9 @@ class EvalIndex:
         if path.suffix.lower() == ".png":
             return png_bytes(to_u8(read_image(path)))
         arr = np.load(path, allow_pickle=False) if path.suffix.lower() == ".npy" else tifffile.imread(str(path))
-        return png_bytes(heatmap(np.squeeze(np.asarray(arr, dtype=np.float32)), 0.5))
+        # binary: a standard deviation (at most 0.5); K classes: an entropy in nats (at most log K)
+        vmax = 0.5 if self.classes is None else float(np.log(max(self.classes.K, 2)))
+        return png_bytes(heatmap(np.squeeze(np.asarray(arr, dtype=np.float32)), vmax))
 
 
 def error_map(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -305,7 +305,7 @@ function showRow(r) {
     : `IoU ${fmt(r.iou)}, F1 ${fmt(r.f1)}, BoundF ${fmt(r.boundf)}`;
   $("#eval-detail-title").textContent = `${r.stem}: ${scores}` + (r.calibration === null ? "" : `, calibration ${fmt(r.calibration, 5)}`);
   const names = { image: "image", gt: "ground truth", pred: "prediction", error: "error map", prob: "probability", uncertainty: "uncertainty" };
-  if (EVAL.kind === "classes") names.prob = "probability of the predicted class";
+  if (EVAL.kind === "classes") Object.assign(names, { prob: "probability of the predicted class", uncertainty: "entropy" });
   $("#eval-panels").replaceChildren(...EVAL.kinds.map((k) => figure(`/api/eval/${r.index}/${k}`, names[k], "eval-" + k)));
 }
 
