@@ -351,7 +351,8 @@ def test_class_run_pages_in_chromium(browser, k3, tmp_path):
             arr = (
                 tifffile.imread(io.BytesIO(data)) if name.endswith(".tif") else np.asarray(Image.open(io.BytesIO(data)))
             )
-            assert arr.shape[-2:] == (24, 20) if name.endswith("prob.tif") else arr.shape[:2] == (24, 20), name
+            # prob.tif holds K pages [K, H, W]; every other file is [H, W] or [H, W, 3]
+            assert arr.shape == (K, 24, 20) if name.endswith("prob.tif") else arr.shape[:2] == (24, 20), name
 
         # the evaluation browser: the per-class scores, one IoU column per class, label maps in colour
         d.get(server.url + "/#eval")
