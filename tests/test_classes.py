@@ -200,6 +200,7 @@ def test_multiclass_model_loss_ignore_and_predict():
     torch.testing.assert_close(out.prob.sum(1), torch.ones(2, 16, 16))
     assert torch.equal(out.mask, out.prob.argmax(1)) and out.classes == ("a", "b", "c")
     assert float(out.uncertainty.max()) <= np.log(3) + 1e-5
+    assert out.kind == "classes" and out.entropy is out.uncertainty and out.std is None
     # resize mode: the K maps are resized with the generations
     model.config = apply_overrides(model.config, {"predict.mode": "resize"})
     assert model.predict(torch.rand(1, 3, 20, 12), generations=2, steps=1).prob.shape == (1, 3, 20, 12)
@@ -217,7 +218,9 @@ def test_class_metrics():
     iou2, _ = iou_dice(confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int), 3))
     assert iou2[0] == 1 and np.isnan(iou2[1:]).all()
     s = summarize_classes(
-        [score_classes(pred, gt, 3), score_classes(np.zeros((2, 4), int), np.zeros((2, 4), int), 3)], ["bg", "x", "y"]
+        [score_classes(pred, gt, 3), score_classes(np.zeros((2, 4), int), np.zeros((2, 4), int), 3)],
+        ["bg", "x", "y"],
+        0,
     )
     assert s["per_class"]["x"]["iou"] == pytest.approx(2 / 3) and s["per_class"]["x"]["images"] == 1
     assert s["per_class"]["bg"]["iou"] == pytest.approx((0.5 + 1) / 2)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_dataset, tiny_config
+from conftest import make_classes_data, make_dataset, tiny_config
 from segdiff.api import SegDiff
 from segdiff.errors import CheckpointError, UserError
 from segdiff.faults import FAULT_EXIT
@@ -106,24 +106,47 @@ def test_kill_at_any_point_then_resume_is_bitwise_equal(reference, tmp_path):
     assert left == [], left  # no .prev or temporary file left behind
 
 
+@pytest.fixture(scope="module")
+def class_run(tmp_path_factory):
+    """A K-class run (the 4-class texture data) trained for one step."""
+    from segdiff.train.loop import train
+
+    base = tmp_path_factory.mktemp("class_faults")
+    data = make_classes_data(base / "data", splits=(("train", 2), ("test", 3)), ignore=False)
+    train(data, base / "run", tiny_config(max_steps=1, val_every=0), device="cpu", progress=False)
+    return data, base / "run"
+
+
+# (run, first kill, kill on the --overwrite rerun, where that one leaves its temporary file). Binary: 4
+# `predict.between` points per image, atomic writes 1-4 the maps of image 1, 5 its mask. K classes: 6 points
+# per image; atomic write 1 is classes.json, 2-7 image 1's maps, the last of them color/<stem>.png.
+KILLED_PREDICTIONS = [
+    ("reference", "predict.between:7", "atomic.written:5", "masks"),
+    ("class_run", "predict.between:9", "atomic.written:7", "color"),
+]
+
+
 @pytest.mark.slow
-def test_killed_prediction_reruns_to_complete_identical_output(reference, tmp_path):
-    data, full = reference
+@pytest.mark.parametrize("run_fixture, kill, kill_overwrite, partial_in", KILLED_PREDICTIONS)
+def test_killed_prediction_reruns_to_complete_identical_output(
+    request, tmp_path, run_fixture, kill, kill_overwrite, partial_in
+):
+    data, full = request.getfixturevalue(run_fixture)
     images = data / "test" / "images"
     args = ["predict", "--checkpoint", full, "--input", images, "--generations", 2, "--steps", 2, "--quiet"]
     args += ["--batch-images", 1]  # the same batches in every run: bitwise the same maps
     r = _segdiff(*args, "--out", tmp_path / "clean")
     assert r.returncode == 0, r.stderr
     out = tmp_path / "pred"
-    # image 2 of 3 killed between its uncertainty TIFF and PNG (image 1 complete); then inside the
-    # atomic write of image 1's mask on a rerun with --overwrite
-    r = _segdiff(*args, "--out", out, fault="predict.between:7")
+    # image 2 of 3 killed between its third and fourth file (image 1 complete); then inside the atomic
+    # write of image 1's last file on a rerun with --overwrite
+    r = _segdiff(*args, "--out", out, fault=kill)
     assert r.returncode == FAULT_EXIT, r.stderr
     masks = sorted(p.name for p in (out / "masks").iterdir() if not p.name.startswith("."))
     assert masks == ["img00.png"]  # the interrupted image has no mask: it is not taken as done
-    r = _segdiff(*args, "--out", out, "--overwrite", fault="atomic.written:5")
+    r = _segdiff(*args, "--out", out, "--overwrite", fault=kill_overwrite)
     assert r.returncode == FAULT_EXIT, r.stderr
-    assert any(".partial-" in p.name for p in out.rglob("*"))
+    assert any(".partial-" in p.name for p in (out / partial_in).iterdir())
     # the overwrite removed img00's mask before replacing its maps: img00 no longer counts as done
     assert not (out / "masks" / "img00.png").exists()
     r = _segdiff(*args, "--out", out)

@@ -32,6 +32,7 @@ def test_predict_any_size_pads_and_crops_back():
     model = SegDiff(tiny_config(), "cpu")
     out = model.predict(torch.rand(3, 13, 19), generations=2, steps=2)
     assert out.prob.shape == out.mask.shape == out.uncertainty.shape == (1, 13, 19)
+    assert out.kind == "binary" and out.std is out.uncertainty and out.entropy is None
     assert out.prob.min() >= 0 and out.prob.max() <= 1
 
 

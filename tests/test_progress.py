@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -37,3 +39,18 @@ def test_network_calls_counts_windows_and_generation_chunks():
     model.config = apply_overrides(model.config, {"predict.sampling_steps": None})  # = T
     opts = model.sampling_options(generations=2, batch_generations=8)
     assert model.network_calls(16, 16, 6, opts) == 10 * 2  # 4 images of 2 generations per batch, all T steps
+
+
+@pytest.mark.parametrize("mode", ["pad", "resize", "tile"])
+def test_one_pass_model_reports_its_network_calls(mode):
+    """A one-pass model calls the network once per image batch (or window group), whatever the generations
+    and steps; on_step counts that call, so serve's progress bar does not stay at 0 of N."""
+    cfg = tiny_config(T=10)
+    model = SegDiff(replace(cfg, model=replace(cfg.model, prediction="onepass")), device="cpu")
+    opts = model.sampling_options(generations=3, steps=4, batch_generations=4, mode=mode, tile_stride=8)
+    calls = []
+    model.predict(torch.rand(2, 3, 32, 24), opts=opts, on_step=lambda: calls.append(1))
+    assert len(calls) == model.network_calls(32, 24, 2, opts) > 0
+    # pad / resize: one call for both images; tile: 3 x 2 windows of 16 px at stride 8, one window per
+    # group (batch_generations 4 // 3 generations), one call per group and image
+    assert len(calls) == (1 if mode != "tile" else 2 * 6)

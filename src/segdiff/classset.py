@@ -11,8 +11,12 @@ classes.json (docs/data.md):
 
 or just the list of classes. Each class has a "value" (the integer in label masks: 8/16-bit PNG or TIFF,
 palette PNGs by palette index), a "color" (RGB colour-coded masks), or both; the colour is also what
-predict uses for the class in its colour PNG. The order of the list is the label order; the first class
-is the background (docs/metrics.md: means "without background" leave it out).
+predict uses for the class in its colour PNG. The order of the list is the label order.
+
+The background class (left out of the `_fg` means of `segdiff evaluate`, docs/metrics.md) is the class
+marked `"background": true`. Where no class carries the key (older files), a class named "background"
+(any case) is the background; otherwise there is none, and there are no `_fg` means: the first class is
+not assumed to be background (street scenes often start with "sky").
 
 In memory a label map is uint8 [H, W]: the class index 0..K-1, or IGNORE_INDEX for ignored pixels.
 """
@@ -66,10 +70,15 @@ class ClassSet:
     ignore_value: int | None = None
     ignore_color: tuple[int, int, int] | None = None
     colors_given: bool = False  # every class has a colour from classes.json (RGB masks can be read)
+    background: int | None = None  # index of the background class (module docstring), None: no background
 
     @property
     def K(self) -> int:
         return len(self.names)
+
+    @property
+    def background_name(self) -> str | None:
+        return None if self.background is None else self.names[self.background]
 
     @property
     def by_value(self) -> bool:
@@ -77,11 +86,17 @@ class ClassSet:
 
     # -- config ------------------------------------------------------------------------------------
     def to_config(self) -> dict:
-        """The DataConfig fields (classes, ignore_value, ignore_color)."""
+        """The DataConfig fields (classes, ignore_value, ignore_color). The background is marked on its class;
+        a class named "background" that is not the background says so (the rule for unmarked lists)."""
+
+        def entry(i: int) -> dict:
+            d = {"name": self.names[i], "value": self.values[i], "color": list(self.colors[i])}
+            if i == self.background or _named_background(self.names[i]):
+                d["background"] = i == self.background
+            return d
+
         return {
-            "classes": tuple(
-                {"name": n, "value": v, "color": list(c)} for n, v, c in zip(self.names, self.values, self.colors)
-            ),
+            "classes": tuple(entry(i) for i in range(self.K)),
             "ignore_value": self.ignore_value,
             "ignore_color": None if self.ignore_color is None else tuple(self.ignore_color),
         }
@@ -94,6 +109,12 @@ class ClassSet:
                 "color": None if self.ignore_color is None else list(self.ignore_color),
             }
         return {"classes": [dict(c) for c in self.to_config()["classes"]], "ignore": ignore}
+
+    @classmethod
+    def from_json(cls, d, source: str) -> ClassSet:
+        """The ClassSet of a classes.json's content (`to_json`'s form, e.g. a summary's "class_set"); errors
+        name `source`."""
+        return _parse(d, source)
 
     @classmethod
     def from_config(cls, data_cfg) -> ClassSet | None:
@@ -199,7 +220,7 @@ def _parse(d, source: str) -> ClassSet:
     for i, c in enumerate(items):
         if not isinstance(c, dict):
             raise DataError(f"{source}: class {i} must be an object with 'name' and 'value' or 'color'")
-        extra = set(c) - {"name", "value", "color"}
+        extra = set(c) - {"name", "value", "color", "background"}
         if extra:
             raise DataError(f"{source}: class {i}: unknown key(s) {', '.join(sorted(extra))}")
         v, col = c.get("value"), c.get("color")
@@ -211,6 +232,8 @@ def _parse(d, source: str) -> ClassSet:
             col = _color(col, f"{source}: class {i}")
         else:
             given = False
+        if not isinstance(c.get("background", False), bool):
+            raise DataError(f"{source}: class {i}: 'background' must be true or false, got {c['background']!r}")
         names.append(str(c.get("name", f"class {v if v is not None else i}")))
         values.append(v)
         colors.append(col if col is not None else default_color(i))
@@ -242,7 +265,24 @@ def _parse(d, source: str) -> ClassSet:
         ignore_color = _color(ignore_color, f"{source}: ignore")
         if given and ignore_color in colors:
             raise DataError(f"{source}: the ignore colour {list(ignore_color)} is also a class's colour")
-    return ClassSet(tuple(names), tuple(values), tuple(colors), ignore_value, ignore_color, given)
+    background = _background(items, names, source)
+    return ClassSet(tuple(names), tuple(values), tuple(colors), ignore_value, ignore_color, given, background)
+
+
+def _named_background(name: str) -> bool:
+    return name.strip().lower() == "background"
+
+
+def _background(items: list[dict], names: list[str], source: str) -> int | None:
+    """The background's index: the class marked "background": true; in a list where no class has the key,
+    the class named "background"; else None."""
+    if any("background" in c for c in items):
+        marked = [i for i, c in enumerate(items) if c.get("background")]
+        if len(marked) > 1:
+            raise DataError(f'{source}: {len(marked)} classes are marked "background": true; mark at most one')
+        return marked[0] if marked else None
+    named = [i for i, n in enumerate(names) if _named_background(n)]
+    return named[0] if named else None
 
 
 def _color(c, where: str) -> tuple[int, int, int]:

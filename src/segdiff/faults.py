@@ -11,7 +11,7 @@ process is killed) or `enospc` (raise OSError(ENOSPC), as when the disk is full)
 Points: `atomic.written` (a file's temporary copy is written and flushed, not yet renamed over the
 target), `checkpoint.staged` (all files of a checkpoint written to temporary names), `checkpoint.between`
 (after each rename of a checkpoint's files), `train.step` (after an optimizer step), `predict.between`
-(between the files of one image's prediction), `predict.image` (after each image's prediction).
+(between the files of one image's prediction, binary or K-class), `predict.image` (after each image's prediction).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Metrics for K classes (docs/metrics.md, "Multi-class"): per-class IoU and Dice per image and pooled,
-their means over classes with and without the background (the first class), the confusion matrix,
+their means over classes with and without the background class (the `_fg` means, only where the classes
+name a background: segdiff.classset), the confusion matrix,
 boundary F per class, and calibration of the predicted class's probability.
 
 Label maps are [H, W] class indices 0..K-1; any other value in the ground truth (IGNORE_INDEX) is the
@@ -78,8 +79,10 @@ def _num(v: float) -> float | None:
     return None if not np.isfinite(v) else float(v)
 
 
-def summarize_classes(rows: list[dict], names: list[str]) -> dict:
-    """Dataset summary of `score_classes` results (one per image): per class and mean over classes."""
+def summarize_classes(rows: list[dict], names: list[str], background: int | None = None) -> dict:
+    """Dataset summary of `score_classes` results (one per image): per class and mean over classes; with a
+    `background` class index, also the means over the other classes (`miou_fg`, ...). Without one there are
+    no `_fg` keys, and "foreground_means" says why."""
     iou = np.stack([r["iou"] for r in rows])  # [N, K]
     dice = np.stack([r["dice"] for r in rows])
     bf = np.stack([r["boundf"] for r in rows])
@@ -104,31 +107,42 @@ def summarize_classes(rows: list[dict], names: list[str]) -> dict:
         return _num(_nanmean(v)) if np.isfinite(v).any() else None
 
     total = int(cm.sum())
-    return {
+    means = {
+        "miou": per_img_iou,
+        "mdice": per_img_dice,
+        "miou_pooled": iou_pool,
+        "mdice_pooled": dice_pool,
+        "boundf": per_img_bf,
+    }
+    out = {
         "n_images": len(rows),
         "classes": list(names),
-        "background": names[0],
-        "miou": mean(per_img_iou),
-        "miou_fg": mean(per_img_iou[1:]),
-        "mdice": mean(per_img_dice),
-        "mdice_fg": mean(per_img_dice[1:]),
-        "miou_pooled": mean(iou_pool),
-        "miou_pooled_fg": mean(iou_pool[1:]),
-        "mdice_pooled": mean(dice_pool),
-        "mdice_pooled_fg": mean(dice_pool[1:]),
-        "boundf": mean(per_img_bf),
-        "boundf_fg": mean(per_img_bf[1:]),
+        "background": None if background is None else names[background],
+        **{key: mean(v) for key, v in means.items()},
+    }
+    if background is None:
+        out["foreground_means"] = NO_BACKGROUND
+    else:
+        fg = np.arange(len(names)) != background
+        out |= {f"{key}_fg": mean(v[fg]) for key, v in means.items()}
+    return out | {
         "pixel_accuracy": float(np.trace(cm) / total) if total else None,
         "per_class": per_class,
         "confusion": cm.tolist(),
     }
 
 
-def mean_foreground_iou(preds, gts, K: int) -> float:
-    """The mean over foreground classes (1..K-1) of each class's IoU averaged over the images where it
-    is present (the `miou_fg` of `summarize_classes`)."""
+NO_BACKGROUND = (
+    'none: no class is the background (mark one with "background": true in classes.json), so there are '
+    "no means without it (_fg)"
+)
+
+
+def mean_foreground_iou(preds, gts, K: int, background: int = 0) -> float:
+    """The mean over the classes other than `background` of each class's IoU averaged over the images where
+    it is present (the `miou_fg` of `summarize_classes`)."""
     rows = [{"iou": iou_dice(confusion_matrix(p, g, K))[0]} for p, g in zip(preds, gts)]
-    v = _nanmean(np.stack([r["iou"] for r in rows]), 0)[1:]
+    v = _nanmean(np.stack([r["iou"] for r in rows]), 0)[np.arange(K) != background]
     return float(_nanmean(v)) if np.isfinite(v).any() else float("nan")
 
 

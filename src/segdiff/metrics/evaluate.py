@@ -24,7 +24,16 @@ from ..errors import UserError
 from .boundary import TOLERANCES_PX, boundary_f_per_tolerance
 from .calibration import CalibrationAccumulator
 from .evaluate_classes import evaluate_class_dirs, find_classes
-from .files import output_paths, pair_masks, resolve_gt, resolve_pred, write_reliability, write_rows_csv, write_summary
+from .files import (
+    input_folders,
+    output_paths,
+    pair_masks,
+    resolve_gt,
+    resolve_pred,
+    write_reliability,
+    write_rows_csv,
+    write_summary,
+)
 from .overlap import Confusion, confusion, f1_from_confusion, f1_pooled, iou_from_confusion, iou_pooled
 from .wcov import wcov_paper, weighted_coverage
 
@@ -137,9 +146,12 @@ def evaluate_dirs(
         out = Path(out)
         if out.is_dir() or out.suffix.lower() != ".json":
             raise UserError(f"{out}: --out must be a .json file path such as results/summary.json")
+    # the uncertainty maps of a `segdiff predict` output folder, when there are any (named in the summary)
+    unc_dir = Path(pred) / "uncertainty"
+    unc_dir = unc_dir if mask_dir != Path(pred) and unc_dir.is_dir() else None
     class_set = find_classes(pred, gt, classes, checkpoint)
     if class_set is not None:  # K classes (docs/metrics.md, "Multi-class")
-        return evaluate_class_dirs(mask_dir, gt_dir, class_set, prob_dir, out, reliability_png)
+        return evaluate_class_dirs(mask_dir, gt_dir, class_set, prob_dir, out, reliability_png, unc_dir)
     pred_files, gt_files = pair_masks(mask_dir, gt_dir)
     prob_files = None
     if prob_dir is not None:  # every probability map pairs with a mask, both ways (K classes: one way)
@@ -160,15 +172,8 @@ def evaluate_dirs(
         rows.append(row | {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])})
 
     summary = summarize(rows, paper_compat, calib)
-    # the folders scored (absolute), so that a reader such as `segdiff serve --eval` finds the files again;
-    # uncertainty: the uncertainty maps of a `segdiff predict` output folder, when there are any
-    unc_dir = Path(pred) / "uncertainty"
-    summary["inputs"] = {
-        "pred": str(mask_dir.resolve()),
-        "gt": str(gt_dir.resolve()),
-        "prob": None if prob_dir is None else str(prob_dir.resolve()),
-        "uncertainty": str(unc_dir.resolve()) if mask_dir != Path(pred) and unc_dir.is_dir() else None,
-    }
+    # the folders scored (absolute), so that a reader such as `segdiff serve --eval` finds the files again
+    summary["inputs"] = input_folders(mask_dir, gt_dir, prob_dir, unc_dir)
     if out is not None:
         summary["outputs"] = _write_outputs(out, summary, rows, calib if reliability_png else None)
     return summary

@@ -19,7 +19,7 @@ from ..data.io import read_class_prob
 from ..errors import DataError, UserError
 from .calibration import CalibrationAccumulator
 from .classes import plot_confusion, score_classes, summarize_classes
-from .files import output_paths, pair_masks, write_reliability, write_rows_csv, write_summary
+from .files import input_folders, output_paths, pair_masks, write_reliability, write_rows_csv, write_summary
 
 # K-class probability maps are channels-first stacks; predict writes no PNG of them (8-bit would be lossy).
 CLASS_PROB_EXTS = (".tif", ".tiff", ".npy")
@@ -52,9 +52,11 @@ def evaluate_class_dirs(
     prob_dir: Path | None = None,
     out: Path | None = None,
     reliability_png: bool = True,
+    uncertainty_dir: Path | None = None,
 ) -> dict:
     """Score K-class label masks against ground truth (docs/metrics.md, "Multi-class"); return (and with
-    `out`, write) the summary. Called by `evaluate_dirs`, which resolves the folders and the classes."""
+    `out`, write) the summary. Called by `evaluate_dirs`, which resolves the folders and the classes.
+    uncertainty_dir: the entropy maps of a `segdiff predict` output, named in the summary's inputs."""
     pred_files, gt_files = pair_masks(mask_dir, gt_dir)
     prob_files = None
     if prob_dir is not None:  # only .tif/.tiff/.npy, and a map without ground truth is ignored
@@ -70,10 +72,10 @@ def evaluate_class_dirs(
         rows.append(row | {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])})
     if not rows:
         raise DataError(f"{gt_dir}: no images to evaluate")
-    summary = summarize_classes(scores, list(classes.names))
+    summary = summarize_classes(scores, list(classes.names), classes.background)
     summary["ignored_pixels"] = ignored
     summary["calibration"] = calib.summary() if calib is not None and calib.n_images else None
-    summary["inputs"] = {"pred": str(mask_dir), "gt": str(gt_dir), "prob": None if prob_dir is None else str(prob_dir)}
+    summary["inputs"] = input_folders(mask_dir, gt_dir, prob_dir, uncertainty_dir)
     summary["class_set"] = classes.to_json()
     if out is not None:
         summary["outputs"] = _write_outputs(Path(out), summary, rows, list(classes.names), calib, reliability_png)
@@ -99,8 +101,10 @@ def _score_image(
     sc = score_classes(p, g, K)
     valid = g < K
     row = {"stem": gt_file.stem}
-    fg_iou = sc["iou"][1:][np.isfinite(sc["iou"][1:])]
-    row["miou_fg"] = float(fg_iou.mean()) if fg_iou.size else ""
+    if classes.background is not None:
+        fg_iou = sc["iou"][np.arange(K) != classes.background]
+        fg_iou = fg_iou[np.isfinite(fg_iou)]
+        row["miou_fg"] = float(fg_iou.mean()) if fg_iou.size else ""
     for k, n in enumerate(classes.names):
         for m in ("iou", "dice", "boundf"):
             row[f"{m}[{n}]"] = "" if not np.isfinite(sc[m][k]) else float(sc[m][k])
@@ -151,9 +155,8 @@ def format_class_table(summary: dict) -> str:
     def pct(v) -> str:
         return "   n/a" if v is None else f"{100 * v:6.2f}"
 
-    lines = [
-        f"{n} image{'s' if n != 1 else ''}, {len(summary['classes'])} classes, background: {summary['background']}"
-    ]
+    background = summary["background"] if summary["background"] is not None else summary["foreground_means"]
+    lines = [f"{n} image{'s' if n != 1 else ''}, {len(summary['classes'])} classes, background: {background}"]
     lines.append(f"  {'class':<20}{'IoU':>8}{'Dice':>8}{'IoU pool':>10}{'Dice pool':>10}{'BoundF':>8}  (%)")
     for name, c in summary["per_class"].items():
         lines.append(
@@ -164,10 +167,11 @@ def format_class_table(summary: dict) -> str:
         f"  {'mean (all)':<20}{pct(summary['miou']):>8}{pct(summary['mdice']):>8}{pct(summary['miou_pooled']):>10}"
         f"{pct(summary['mdice_pooled']):>10}{pct(summary['boundf']):>8}"
     )
-    lines.append(
-        f"  {'mean (foreground)':<20}{pct(summary['miou_fg']):>8}{pct(summary['mdice_fg']):>8}"
-        f"{pct(summary['miou_pooled_fg']):>10}{pct(summary['mdice_pooled_fg']):>10}{pct(summary['boundf_fg']):>8}"
-    )
+    if "miou_fg" in summary:
+        lines.append(
+            f"  {'mean (foreground)':<20}{pct(summary['miou_fg']):>8}{pct(summary['mdice_fg']):>8}"
+            f"{pct(summary['miou_pooled_fg']):>10}{pct(summary['mdice_pooled_fg']):>10}{pct(summary['boundf_fg']):>8}"
+        )
     lines.append(f"  pixel accuracy {pct(summary['pixel_accuracy'])} %, ignored pixels {summary['ignored_pixels']}")
     cal = summary.get("calibration")
     if cal:

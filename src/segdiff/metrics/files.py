@@ -26,6 +26,17 @@ def resolve_pred(pred: Path, prob: Path | None = None) -> tuple[Path, Path | Non
     return mask_dir, None if prob is None else Path(prob)
 
 
+def input_folders(mask_dir: Path, gt_dir: Path, prob_dir: Path | None, unc_dir: Path | None) -> dict:
+    """A summary's "inputs": the folders scored, absolute, so that a reader such as `segdiff serve --eval`
+    finds the files again (uncertainty: the maps of a `segdiff predict` output folder, or None)."""
+    return {
+        "pred": str(Path(mask_dir).resolve()),
+        "gt": str(Path(gt_dir).resolve()),
+        "prob": None if prob_dir is None else str(Path(prob_dir).resolve()),
+        "uncertainty": None if unc_dir is None else str(Path(unc_dir).resolve()),
+    }
+
+
 def resolve_gt(gt: Path) -> Path:
     """The ground-truth mask folder: GT/masks for a data split folder, else GT itself."""
     gt = Path(gt)

@@ -83,6 +83,8 @@ def sample_x0(
     if prediction == "onepass":  # the baseline segmenter: one deterministic map, the same for every generation
         with autocast(device, opts.amp):
             logits = onepass_logits(fwd, cond, (B, 1, H, W))
+        if on_step is not None:  # its one network call (progress bars count it)
+            on_step()
         return torch.tanh(logits.float() / 2).expand(B, G, H, W).clone()  # (x0 + 1) / 2 = sigmoid(logits)
     to_eps = _x0_to_eps(sched, sampling_steps) if prediction == "x0" else None
     out = torch.empty(B, G, M, H, W, device=device)
@@ -111,8 +113,11 @@ def sample_x0(
     return out[:, :, 0] if M == 1 else out
 
 
-def network_calls(batch: int, opts: PredictConfig, T: int) -> int:
-    """How many network calls `sample_x0` makes for `batch` images under `opts` with a model of T diffusion steps."""
+def network_calls(batch: int, opts: PredictConfig, T: int, prediction: str = "eps") -> int:
+    """How many network calls `sample_x0` makes for `batch` images under `opts` with a model of T diffusion
+    steps that predicts `prediction` (`output_kind`): one for a one-pass model, whatever the generations."""
+    if prediction == "onepass":
+        return 1
     return opts.steps_for(T) * len(list(generation_chunks(batch, opts.generations, max(1, opts.batch_generations))))
 
 

@@ -27,6 +27,7 @@ from ..atomic import atomic_write, stale_temps
 from ..data.io import to_u8, write_float_tiff, write_mask, write_png
 
 SUBDIRS = ("masks", "prob", "uncertainty")
+CLASS_SUBDIRS = ("masks", "color", "prob", "uncertainty", "disagreement")  # the binary ones and two more
 
 
 def heatmap(values: np.ndarray, vmax: float) -> np.ndarray:
@@ -69,7 +70,7 @@ def write_prediction(out: Path, stem: str, mask, prob, uncertainty, samples=None
 def remove_partials(out: Path, stem: str) -> None:
     """Remove the temporary files of an image's interrupted writers (call while holding its lock)."""
     out = Path(out)
-    for sub in SUBDIRS:
+    for sub in CLASS_SUBDIRS:  # binary and K-class outputs
         for ext in (".png", ".tif"):
             for tmp in stale_temps(out / sub / f"{stem}{ext}"):
                 tmp.unlink(missing_ok=True)
@@ -87,32 +88,38 @@ def stems_with_partials(out: Path) -> set[str]:
     """Stems of images whose interrupted writers left temporary files in OUT."""
     out = Path(out)
     stems = {p.parent.name for p in out.glob("generations/*/.*.partial-*")}
-    for sub in (*SUBDIRS, "color", "disagreement"):  # K-class outputs too
+    for sub in CLASS_SUBDIRS:  # binary and K-class outputs
         stems |= {p.name[1:].rsplit(".partial-", 1)[0] for p in out.glob(f"{sub}/.*.partial-*")}
     return stems
 
 
-CLASS_SUBDIRS = ("masks", "color", "prob", "uncertainty", "disagreement")
-
-
 def write_class_prediction(out: Path, stem: str, classes, label, prob, entropy, disagreement, samples=None) -> None:
     """One image of a K-class model: label [H, W] class indices, prob [K, H, W], entropy and disagreement
-    [H, W], samples [G, K, H, W] or None. The label PNG is written last (it marks a finished image)."""
+    [H, W], samples [G, K, H, W] or None. The label PNG is written last (it marks a finished image), and an
+    earlier label of this image is removed first, as in `write_prediction`."""
     out = Path(out)
     for sub in CLASS_SUBDIRS:
         (out / sub).mkdir(parents=True, exist_ok=True)
+    # an earlier prediction of this image (--overwrite) stops counting as done before any file changes
+    (out / "masks" / f"{stem}.png").unlink(missing_ok=True)
     if samples is not None:
         gdir = out / "generations" / stem
         gdir.mkdir(parents=True, exist_ok=True)
         for k, s in enumerate(samples):
             atomic_write(gdir / f"{k:03d}.png", lambda p, s=s: write_png(p, classes.color_image(s.argmax(0))))
-    atomic_write(out / "prob" / f"{stem}.tif", lambda p: write_float_stack(p, prob))
-    atomic_write(out / "uncertainty" / f"{stem}.tif", lambda p: write_float_tiff(p, entropy))
+            faults.point("predict.between")
     vmax = float(np.log(max(classes.K, 2)))
-    atomic_write(out / "uncertainty" / f"{stem}.png", lambda p: write_png(p, heatmap(entropy, vmax)))
-    atomic_write(out / "disagreement" / f"{stem}.tif", lambda p: write_float_tiff(p, disagreement))
-    atomic_write(out / "disagreement" / f"{stem}.png", lambda p: write_png(p, heatmap(disagreement, 1.0)))
-    atomic_write(out / "color" / f"{stem}.png", lambda p: write_png(p, classes.color_image(label)))
+    maps = (
+        ("prob", ".tif", lambda p: write_float_stack(p, prob)),
+        ("uncertainty", ".tif", lambda p: write_float_tiff(p, entropy)),
+        ("uncertainty", ".png", lambda p: write_png(p, heatmap(entropy, vmax))),
+        ("disagreement", ".tif", lambda p: write_float_tiff(p, disagreement)),
+        ("disagreement", ".png", lambda p: write_png(p, heatmap(disagreement, 1.0))),
+        ("color", ".png", lambda p: write_png(p, classes.color_image(label))),
+    )
+    for sub, ext, write in maps:
+        atomic_write(out / sub / f"{stem}{ext}", write)
+        faults.point("predict.between")
     atomic_write(out / "masks" / f"{stem}.png", lambda p: write_png(p, classes.mask_image(label)))
 
 

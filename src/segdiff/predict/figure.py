@@ -3,7 +3,8 @@
 `result_figure`: a binary model's input, generations, their mean (the probability), uncertainty, mask,
 errors against the truth and the truth; `segdiff demo` and the MoNuSeg benchmark draw theirs with it.
 `classes_figure`: a multi-class model's input, predicted label, per-class probabilities, entropy and truth.
-Both draw with `panel_figure` on a matplotlib Figure of its own (no pyplot state, no backend switch).
+Both draw with `panel_figure` on a matplotlib Figure of its own (no pyplot state, no backend switch), write
+it as a PNG and return it (its axes hold the panels, row by row: tests read the titles, arrays and ranges).
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def panel_figure(
     extra_height: float = 0.0,
     fontsize: float = 8,
     dpi: int = 110,
-) -> None:
+):
     """A grid of images without axes: rows[r][c] = (array, imshow keywords); titles over the first row,
-    row_labels (small) left of each row, title over the figure. Writes a PNG to `path`."""
+    row_labels (small) left of each row, title over the figure. Writes a PNG to `path`; returns the Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -54,6 +55,7 @@ def panel_figure(
         fig.suptitle(title, fontsize=fontsize)
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
+    return fig
 
 
 def error_image(mask: np.ndarray, truth: np.ndarray, colours: dict = ERROR_COLOURS, dtype=np.float64) -> np.ndarray:
@@ -85,10 +87,10 @@ def result_figure(
     mask: list[np.ndarray] | None = None,
     row_labels: list[str] | None = None,
     **layout,
-) -> None:
+):
     """One row per image: input, its first `n_show` generations (with `samples`, [G, H, W] per image), the
     probability (their mean), the uncertainty, with `mask` the predicted mask and its errors against the
-    truth, and the truth. `layout`: panel_figure's panel_size, fontsize, dpi, title."""
+    truth, and the truth. `layout`: panel_figure's panel_size, fontsize, dpi, title. Returns the Figure."""
     titles = ["input"]
     if samples is not None:
         titles += [f"gen {k + 1}" for k in range(n_show)]
@@ -107,19 +109,21 @@ def result_figure(
             panels += [(mask[r], GREY), (error_image(mask[r], truth[r]), {})]
         panels.append((truth[r], GREY))
         rows.append(panels)
-    panel_figure(path, rows, titles, row_labels=row_labels, **layout)
+    return panel_figure(path, rows, titles, row_labels=row_labels, **layout)
 
 
-def classes_figure(path: Path | str, images, label, prob, entropy, truth, classes, n_rows: int = 4) -> None:
-    """Rows of: input, predicted label (in the classes' colours), each foreground class's probability,
-    entropy, truth. `classes`: the run's ClassSpec (K, names, color_image)."""
+def classes_figure(path: Path | str, images, label, prob, entropy, truth, classes, n_rows: int = 4):
+    """Rows of: input, predicted label (in the classes' colours), the probability of each class but the
+    background (every class where the classes name no background), entropy, truth. `classes`: the run's
+    ClassSet (K, names, background, color_image). Returns the Figure."""
     K = classes.K
-    titles = ["input", "label"] + [f"p({n})" for n in classes.names[1:]] + ["entropy", "truth"]
+    shown = [k for k in range(K) if k != classes.background]
+    titles = ["input", "label"] + [f"p({classes.names[k]})" for k in shown] + ["entropy", "truth"]
     rows = []
     for r in range(min(n_rows, len(images))):
         panels = [_input_panel(images[r]), (classes.color_image(label[r]), {})]
-        panels += [(prob[r][k], {"cmap": "viridis", "vmin": 0, "vmax": 1}) for k in range(1, K)]
+        panels += [(prob[r][k], {"cmap": "viridis", "vmin": 0, "vmax": 1}) for k in shown]
         panels.append((entropy[r], {"cmap": "inferno", "vmin": 0, "vmax": float(np.log(K))}))
         panels.append((classes.color_image(truth[r]), {}))
         rows.append(panels)
-    panel_figure(path, rows, titles, extra_height=0.4)
+    return panel_figure(path, rows, titles, extra_height=0.4)

@@ -29,19 +29,23 @@ from ..errors import CheckpointError, UserError
 from ..memory import check_prediction
 from ..model import SegDiffUNet
 from . import compiling
-from .ensemble import network_calls, pad_to_stride, sample_x0, summarise, summarise_classes
+from .ensemble import network_calls, output_kind, pad_to_stride, sample_x0, summarise, summarise_classes
 from .tiling import Stitcher, blend_weight, windows
 
 
 @dataclass
 class Prediction:
-    """Binary: mask (bool), prob and uncertainty (std over generations): [B, H, W]; samples: [B, G, H, W]
-    per-generation maps in [0, 1].
+    """One prediction; `kind` says which of two meanings its fields have.
 
-    K classes (a multi-class model): mask = the label, class indices int64 [B, H, W]; prob [B, K, H, W];
-    uncertainty = entropy of the mean class distribution [B, H, W] (nats); disagreement [B, H, W] (fraction
-    of generations whose argmax differs from the label); samples [B, G, K, H, W] (each generation's
-    distribution). `classes` holds the class names in label order (None for binary).
+    kind "binary": mask (bool), prob (mean foreground probability) and uncertainty [B, H, W]; uncertainty is
+    the standard deviation over generations (in [0, 0.5]; also `std`); samples: [B, G, H, W] per-generation
+    maps in [0, 1].
+
+    kind "classes" (a multi-class model): mask = the label, class indices int64 [B, H, W]; prob [B, K, H, W];
+    uncertainty = entropy of the mean class distribution [B, H, W] (nats, in [0, log K]; also `entropy`);
+    disagreement [B, H, W] (fraction of generations whose argmax differs from the label); samples
+    [B, G, K, H, W] (each generation's distribution). `classes` holds the class names in label order (None
+    for binary).
     """
 
     mask: torch.Tensor
@@ -52,8 +56,18 @@ class Prediction:
     classes: tuple[str, ...] | None = None
 
     @property
-    def label(self) -> torch.Tensor:
-        return self.mask
+    def kind(self) -> str:
+        return "binary" if self.classes is None else "classes"
+
+    @property
+    def std(self) -> torch.Tensor | None:
+        """The standard deviation over generations of a binary prediction (its `uncertainty`); None for K classes."""
+        return self.uncertainty if self.kind == "binary" else None
+
+    @property
+    def entropy(self) -> torch.Tensor | None:
+        """The entropy (nats) of a K-class prediction's mean distribution (its `uncertainty`); None for binary."""
+        return self.uncertainty if self.kind == "classes" else None
 
 
 def build_network(config: RunConfig, device: torch.device | str | None = None) -> SegDiffUNet:
@@ -163,14 +177,14 @@ class Predictor:
         """How many network calls `predict` makes for `batch` images of height x width under `opts` (the
         total that an `on_step` progress callback counts up to)."""
         opts = opts or self.sampling_options()
-        size, T = self.config.data.size, len(self.schedule)
+        size, T, kind = self.config.data.size, len(self.schedule), output_kind(self.net)
         if opts.mode == "tile" and (height > size or width > size):
             if min(height, width) < size:
                 height, width = height + (-height) % size, width + (-width) % size
             n = len(windows(height, width, size, opts.tile_stride or size))
             per_call = max(1, opts.batch_generations // max(1, opts.generations))
-            return batch * sum(network_calls(min(per_call, n - i), opts, T) for i in range(0, n, per_call))
-        return network_calls(batch, opts, T)
+            return batch * sum(network_calls(min(per_call, n - i), opts, T, kind) for i in range(0, n, per_call))
+        return network_calls(batch, opts, T, kind)
 
     def network_inputs(self, shape: tuple[int, int], opts: PredictConfig) -> tuple[tuple[int, int], int]:
         """The network input size and the number of inputs (1, or the windows) for an image of `shape` (H, W)."""

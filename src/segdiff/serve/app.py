@@ -6,10 +6,14 @@ Routes (every file is looked up by job id / row number and a fixed kind, never b
   POST /api/jobs                             multipart: images (1..max_images files) + generations, steps,
                                              sampler, variance -> {id, position}; 4xx + {"error"} when refused
   GET  /api/jobs/{id}                        state, queue position, progress (network calls), result URLs
-  GET  /api/jobs/{id}/{i}/{kind}             input, overlay, mask, prob, prob_tif, uncertainty, uncertainty_tif
+  GET  /api/jobs/{id}/{i}/{kind}             input, overlay, mask, prob, prob_tif, uncertainty, uncertainty_tif;
+                                             K classes: input, overlay, mask, color, prob_tif, uncertainty(_tif),
+                                             disagreement(_tif)
   GET  /api/jobs/{id}/{i}/generation/{k}     generation k of image i
+  GET  /api/jobs/{id}/{i}/class/{k}          K classes: the probability of class k (8-bit grey PNG)
   GET  /api/eval                             summary and per-image scores of --eval SUMMARY.json
-  GET  /api/eval/{row}/{kind}                image, gt, pred, error, prob, uncertainty as PNG
+  GET  /api/eval/{row}/{kind}                image, gt, pred, error, prob, uncertainty as PNG (K classes: gt and
+                                             pred in the classes' colours)
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from starlette.routing import Route
 
 from ..config import SAMPLERS, VARIANCES
 from ..errors import UserError
-from .jobs import JOB_FILES, JobQueue, Upload
+from .jobs import JobQueue, Upload
 from .uploads import UploadError, decode_upload
 
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -101,7 +105,7 @@ def create_app(
             "limits": vars(limits) | {"max_upload_bytes": limits.max_upload_bytes},
         }
         if model is not None:
-            opts, T = model.sampling_options(), len(model.schedule)
+            opts, T, classes = model.sampling_options(), len(model.schedule), model.classes
             out["model"] = {
                 "run": run_name,
                 "weights": Path(str(model.weights_file or "")).name,
@@ -118,6 +122,9 @@ def create_app(
                 "paper": PAPER_PROTOCOL | {"steps": min(PAPER_PROTOCOL["steps"], T)},
                 "samplers": list(SAMPLERS),
                 "variances": list(VARIANCES),
+                "image_channels": model.config.model.image_channels,
+                # None for a binary model; else the legend: name, colour and whether it is the background
+                "classes": None if classes is None else class_legend(classes),
             }
         return JSONResponse(out)
 
@@ -191,8 +198,9 @@ def create_app(
         except HTTPException as exc:  # the multipart parser refusing a malformed or oversized body
             return _error(f"the upload could not be read: {exc.detail}", 400)
         try:
+            channels = model.config.model.image_channels
             uploads = await run_in_threadpool(
-                lambda: [Upload(name, decode_upload(name, data, limits.max_pixels)) for name, data in raw]
+                lambda: [Upload(name, decode_upload(name, data, limits.max_pixels, channels)) for name, data in raw]
             )
             job = queue.submit(uploads, opts)
         except UploadError as exc:
@@ -211,15 +219,24 @@ def create_app(
         return JSONResponse(queue.status(_job(request)), headers=_no_store())
 
     async def job_file(request: Request) -> Response:
+        return _job_file(request, request.path_params["kind"])
+
+    async def generation_file(request: Request) -> Response:
+        return _job_file(request, "generation")
+
+    async def class_file(request: Request) -> Response:
+        return _job_file(request, "class")
+
+    def _job_file(request: Request, kind: str) -> Response:
         job = _job(request)
-        kind, index = request.path_params.get("kind", "generation"), request.path_params["index"]
+        index = request.path_params["index"]
         path = queue.file(job, index, kind, request.path_params.get("k"))
         if path is None or not _inside(path, job_root):
             return _error("no such file", 404)
-        if kind == "generation":
-            name, media = f"{_stem(job, index)}_generation{request.path_params['k']:03d}.png", "image/png"
+        if kind in ("generation", "class"):
+            name, media = f"{_stem(job, index)}_{kind}{request.path_params['k']:03d}.png", "image/png"
         else:
-            name, media = f"{_stem(job, index)}_{JOB_FILES[kind][1]}", JOB_FILES[kind][2]
+            name, media = f"{_stem(job, index)}_{queue.files[kind][1]}", queue.files[kind][2]
         return FileResponse(path, media_type=media, filename=name, content_disposition_type="inline")
 
     async def eval_info(request: Request) -> JSONResponse:
@@ -255,7 +272,8 @@ def create_app(
         Route("/api/info", info),
         Route("/api/jobs", submit, methods=["POST"]),
         Route("/api/jobs/{job}", job_status),
-        Route("/api/jobs/{job}/{index:int}/generation/{k:int}", job_file, name="generation"),
+        Route("/api/jobs/{job}/{index:int}/generation/{k:int}", generation_file),
+        Route("/api/jobs/{job}/{index:int}/class/{k:int}", class_file),
         Route("/api/jobs/{job}/{index:int}/{kind}", job_file),
         Route("/api/eval", eval_info),
         Route("/api/eval/{index:int}/{kind}", eval_file),
@@ -306,6 +324,14 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def class_legend(classes) -> list[dict]:
+    """A ClassSet as the page's legend: name, "#rrggbb" colour, background or not, in label order."""
+    return [
+        {"name": n, "color": "#{:02x}{:02x}{:02x}".format(*c), "background": k == classes.background}
+        for k, (n, c) in enumerate(zip(classes.names, classes.colors))
+    ]
 
 
 def _stem(job, index: int) -> str:

@@ -3,8 +3,10 @@
 A job holds uploaded images (already decoded and checked) and sampling options. Its progress counts the
 network calls of the sampling loop (the `on_step` hook of `SegDiff.predict`) against the total that
 `SegDiff.network_calls` plans, so the bar moves with the sampler, per step and per window.
-Results go to the job's own folder, laid out as `segdiff predict` writes them (export.write_prediction),
-plus a PNG of the input and a coloured RGBA mask for the overlay.
+Results go to the job's own folder, laid out as `segdiff predict` writes them (predict.run.write_output:
+binary maps, or a K-class model's label, colours, class probabilities, entropy and disagreement), plus a
+PNG of the input, an RGBA overlay of the mask (K classes: the label in the classes' colours) and, for K
+classes, one 8-bit PNG per class probability for the page's class picker.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..atomic import atomic_write
 from ..config import PredictConfig
 from ..data.io import to_u8, write_png
 from ..errors import UserError
-from ..predict.export import write_prediction
+from ..predict.run import write_output
 
 OVERLAY_RGB = (255, 0, 160)  # mask colour of the overlay, magenta (the page sets its opacity)
 
@@ -33,7 +35,7 @@ OVERLAY_RGB = (255, 0, 160)  # mask colour of the overlay, magenta (the page set
 @dataclass
 class Upload:
     name: str  # the file name the browser sent (shown, never used as a path)
-    image: np.ndarray | None  # float32 [H, W, 3] in [0, 1]; dropped once the job has run
+    image: np.ndarray | None  # float32 [H, W, C] in [0, 1], C the model's channels; dropped once the job has run
     height: int = 0
     width: int = 0
 
@@ -67,6 +69,8 @@ class JobQueue:
 
     def __init__(self, model, root: Path, keep: int = 20, max_queued: int = 16):
         self.model = model
+        self.classes = model.classes  # None for a binary model
+        self.files = JOB_FILES if self.classes is None else CLASS_JOB_FILES
         self.root = Path(root)
         self.keep = keep
         self.max_queued = max_queued
@@ -135,14 +139,17 @@ class JobQueue:
                     "name": u.name,
                     "width": w,
                     "height": h,
-                    "files": {kind: f"{base}/{i}/{kind}" for kind in JOB_FILES},
+                    "files": {kind: f"{base}/{i}/{kind}" for kind in self.files},
                     "generations": [f"{base}/{i}/generation/{k}" for k in range(job.opts.generations)],
+                    # K classes: the probability of class k as a grey PNG (the page's class picker)
+                    "class_prob": [f"{base}/{i}/class/{k}" for k in range(self.classes.K)] if self.classes else None,
                 }
             )
         return out
 
     def file(self, job: Job, index: int, kind: str, k: int | None = None) -> Path | None:
-        """The file of image `index` of a finished job, by kind (a key of JOB_FILES), or generation k."""
+        """The file of image `index` of a finished job, by kind (a key of `self.files`), generation k or
+        (K classes) the probability PNG of class k."""
         if job.state != "done" or not 0 <= index < len(job.uploads):
             return None
         stem = job.stem(index)
@@ -150,9 +157,13 @@ class JobQueue:
             if k is None or not 0 <= k < job.opts.generations:
                 return None
             return job.folder / "generations" / stem / f"{k:03d}.png"
-        if kind not in JOB_FILES:
+        if kind == "class":
+            if self.classes is None or k is None or not 0 <= k < self.classes.K:
+                return None
+            return job.folder / "class_prob" / stem / f"{k:03d}.png"
+        if kind not in self.files:
             return None
-        return job.folder / JOB_FILES[kind][0].format(stem=stem)
+        return job.folder / self.files[kind][0].format(stem=stem)
 
     def close(self) -> None:
         with self.lock:
@@ -193,26 +204,42 @@ class JobQueue:
                 raise UserError("the server stopped before this job finished")
 
         job.folder.mkdir(parents=True, exist_ok=True)
+        for sub in ("input", "overlay"):
+            (job.folder / sub).mkdir(exist_ok=True)
         for i, u in enumerate(job.uploads):
             job.current = i
             stem = job.stem(i)
             image = torch.from_numpy(u.image).permute(2, 0, 1)
             pred = self.model.predict(image, keys=[stem], return_samples=True, opts=job.opts, on_step=step)
+            write_output(job.folder, stem, pred, 0, self.classes, save_generations=True)  # as segdiff predict
+            atomic_write(job.folder / "input" / f"{stem}.png", lambda p, im=u.image: write_png(p, display_image(im)))
             mask = pred.mask[0].numpy()
-            write_prediction(
-                job.folder, stem, mask, pred.prob[0].numpy(), pred.uncertainty[0].numpy(), pred.samples[0].numpy()
-            )
-            (job.folder / "input").mkdir(exist_ok=True)
-            atomic_write(job.folder / "input" / f"{stem}.png", lambda p, im=u.image: write_png(p, to_u8(im)))
             rgba = np.zeros((*mask.shape, 4), np.uint8)
-            rgba[mask] = (*OVERLAY_RGB, 255)
-            (job.folder / "overlay").mkdir(exist_ok=True)
+            if self.classes is None:
+                rgba[mask] = (*OVERLAY_RGB, 255)
+            else:
+                rgba[..., :3], rgba[..., 3] = self.classes.color_image(mask), 255
+                self._write_class_probs(job.folder / "class_prob" / stem, pred.prob[0].numpy())
             atomic_write(job.folder / "overlay" / f"{stem}.png", lambda p, a=rgba: write_png(p, a))
             u.image = None  # the upload is on disk now (input/); free its memory
         job.done = job.total  # exact already (tested); guards the bar against a planning slip
 
+    @staticmethod
+    def _write_class_probs(folder: Path, prob: np.ndarray) -> None:
+        """prob [K, H, W] -> folder/<k>.png, 8-bit grey (0..1 as 0..255): what the page shows per class."""
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, p in enumerate(prob):
+            atomic_write(folder / f"{k:03d}.png", lambda path, p=p: write_png(path, to_u8(p)))
 
-# kind -> (path in the job folder, download name suffix, media type)
+
+def display_image(image: np.ndarray) -> np.ndarray:
+    """float [H, W, C] -> uint8 for the page: RGB as it is, grey (one channel) as grey, more channels (RGBA
+    or multi-channel TIFF) by their first three as RGB, two channels by the first as grey."""
+    c = image.shape[-1]
+    return to_u8(image[..., :3] if c >= 3 else image[..., 0])
+
+
+# kind -> (path in the job folder, download name suffix, media type); binary models
 JOB_FILES = {
     "input": ("input/{stem}.png", "input.png", "image/png"),
     "overlay": ("overlay/{stem}.png", "overlay.png", "image/png"),
@@ -221,4 +248,17 @@ JOB_FILES = {
     "prob_tif": ("prob/{stem}.tif", "prob.tif", "image/tiff"),
     "uncertainty": ("uncertainty/{stem}.png", "uncertainty.png", "image/png"),
     "uncertainty_tif": ("uncertainty/{stem}.tif", "uncertainty.tif", "image/tiff"),
+}
+
+# K-class models: the files `segdiff predict` writes for K classes (predict/export.py), and the page's own
+CLASS_JOB_FILES = {
+    "input": JOB_FILES["input"],
+    "overlay": JOB_FILES["overlay"],
+    "mask": ("masks/{stem}.png", "mask.png", "image/png"),  # the label as the data's masks hold it
+    "color": ("color/{stem}.png", "color.png", "image/png"),
+    "prob_tif": ("prob/{stem}.tif", "prob.tif", "image/tiff"),  # float32 [K, H, W]
+    "uncertainty": ("uncertainty/{stem}.png", "uncertainty.png", "image/png"),  # entropy heat map, 0..log K
+    "uncertainty_tif": ("uncertainty/{stem}.tif", "uncertainty.tif", "image/tiff"),
+    "disagreement": ("disagreement/{stem}.png", "disagreement.png", "image/png"),
+    "disagreement_tif": ("disagreement/{stem}.tif", "disagreement.tif", "image/tiff"),
 }

@@ -9,8 +9,6 @@ import time
 
 import uvicorn
 
-LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
-
 
 def is_loopback(host: str) -> bool:
     if host == "localhost":

@@ -1,6 +1,7 @@
 """Checking and decoding uploaded images: the format from the file's first bytes (not its name), the
-pixel count from its header before any decoding, then the same conversion as `segdiff predict`
-(segdiff.data.io.read_image). Every refusal is an UploadError with a message for the page."""
+pixel count from its header before any decoding, then the same conversion as `segdiff predict` for the
+model's channel count (segdiff.data.io.read_image_channels and match_channels: grey, RGB, multi-channel
+TIFF; alpha dropped). Every refusal is an UploadError with a message for the page."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from ..data.io import read_image
+from ..data.io import match_channels, read_image_channels
 from ..errors import UserError
 
 FORMATS = "PNG, JPEG or TIFF"
@@ -47,8 +48,10 @@ def header_size(data: bytes, ext: str) -> tuple[int, int]:
         return im.height, im.width
 
 
-def decode_upload(name: str, data: bytes, max_pixels: int) -> np.ndarray:
-    """Uploaded bytes -> float32 [H, W, 3] in [0, 1], or UploadError naming the file and the problem."""
+def decode_upload(name: str, data: bytes, max_pixels: int, channels: int = 3) -> np.ndarray:
+    """Uploaded bytes -> float32 [H, W, channels] in [0, 1] for a model of `channels` image channels (a grey
+    image is replicated for an RGB model, as `segdiff predict` does), or UploadError naming the file and the
+    problem (e.g. an RGB upload to a one-channel model)."""
     shown = name or "upload"
     if not data:
         raise UploadError(f"{shown}: the file is empty")
@@ -72,7 +75,7 @@ def decode_upload(name: str, data: bytes, max_pixels: int) -> np.ndarray:
         path = Path(tmp) / f"upload{ext}"
         path.write_bytes(data)
         try:
-            image = read_image(path)
+            image = match_channels(read_image_channels(path), channels, path)
         except UserError as exc:
             raise UploadError(f"{shown}: {str(exc).split(': ', 1)[-1]}") from None
         except Exception as exc:  # a decoder failing on a corrupt body

@@ -60,13 +60,16 @@ function initPredict() {
     $("#predict").replaceChildren(el("p", { class: "muted", text: "No model loaded: start segdiff serve with --checkpoint RUN to predict." }));
     return;
   }
-  $("#model-info").textContent = `run ${m.run} · ${m.weights} · ${m.device} · T = ${m.T} · ${m.size} px, ${m.predict_mode}`;
+  const kind = m.classes ? `${m.classes.length} classes` : "binary";
+  $("#model-info").textContent = `run ${m.run} · ${m.weights} · ${m.device} · T = ${m.T} · ${m.size} px, ${m.predict_mode} · ${kind} · ${m.image_channels}-channel images`;
   for (const s of m.samplers) $("#sampler").append(el("option", { value: s, text: s }));
   for (const v of m.variances) $("#variance").append(el("option", { value: v, text: v }));
   $("#steps").max = m.T;
   $("#generations").max = INFO.limits.max_generations;
   const L = INFO.limits;
-  $("#limits").textContent = `PNG, JPEG or TIFF · up to ${L.max_images} images, ${L.max_upload_mb} MB per upload, ${(L.max_pixels / 1e6).toFixed(2)} M pixels per image`;
+  const channels = m.image_channels === 3 ? "RGB or grey" : m.image_channels === 1 ? "one channel (grey)" : `${m.image_channels} channels (multi-channel TIFF)`;
+  $("#limits").textContent = `PNG, JPEG or TIFF, ${channels} · up to ${L.max_images} images, ${L.max_upload_mb} MB per upload, ${(L.max_pixels / 1e6).toFixed(2)} M pixels per image`;
+  if (m.classes) $("#opacity-label").firstChild.textContent = "Label opacity ";
   setOptions(m.defaults);
   $("#defaults").addEventListener("click", () => setOptions(m.defaults));
   $("#paper").addEventListener("click", () => setOptions(m.paper));
@@ -153,6 +156,7 @@ function figure(src, caption, cls = "") {
 }
 
 function resultView(r) {
+  if (INFO.model.classes) return classResultView(r, INFO.model.classes);
   const f = r.files;
   const overlay = el("figure", {},
     el("div", { class: "overlay-box" },
@@ -180,6 +184,54 @@ function resultView(r) {
       link(f.uncertainty, "uncertainty.png", "uncertainty (PNG)")));
 }
 
+// a legend of the classes: a swatch of each class's colour and its name
+function classLegend(classes) {
+  return el("p", { class: "class-legend" }, ...classes.flatMap((c, k) => [
+    el("span", { class: "swatch", background: c.color, "data-class": String(k) }),
+    el("span", { class: "class-name", text: c.name + (c.background ? " (background)" : "") })]));
+}
+
+// a K-class result: the label in the classes' colours over the image, the label with a legend, one class's
+// probability (a class picker), entropy, disagreement, every generation's label; the files of segdiff predict
+function classResultView(r, classes) {
+  const f = r.files;
+  const overlay = el("figure", {},
+    el("div", { class: "overlay-box" },
+      el("img", { src: f.input, alt: "image", class: "map" }),
+      el("img", { src: f.overlay, alt: "label overlay", class: "map over" })),
+    el("figcaption", { text: "image + label" }));
+  const picker = el("select", { class: "class-picker", "aria-label": "class" });
+  classes.forEach((c, k) => picker.append(el("option", { value: String(k), text: c.name })));
+  const first = classes.findIndex((c) => !c.background);
+  picker.value = String(first < 0 ? 0 : first);
+  const probImg = el("img", { src: r.class_prob[Number(picker.value)], alt: "class probability", class: "map class-prob" });
+  picker.addEventListener("change", () => { probImg.src = r.class_prob[Number(picker.value)]; });
+  const gens = el("div", { class: "generations" });
+  r.generations.forEach((src, k) => gens.append(el("img", { src, alt: `generation ${k + 1}`, title: `generation ${k + 1}`, class: "generation" })));
+  const stem = r.name.replace(/\.[^.]*$/, "");
+  const link = (href, name, text) => el("a", { href, download: `${stem}_${name}`, class: "download", text });
+  const logK = Math.log(Math.max(classes.length, 2)).toFixed(2);
+  return el("div", { class: "result", "data-name": r.name },
+    el("h4", { text: `${r.name} (${r.width} × ${r.height})` }),
+    el("div", { class: "panels" },
+      overlay,
+      figure(f.color, "label", "label"),
+      el("figure", {}, probImg, el("figcaption", {}, "probability of ", picker, " (0 to 1)")),
+      figure(f.uncertainty, `entropy (0 to log K = ${logK} nats)`, "uncertainty"),
+      figure(f.disagreement, "disagreement of the generations (0 to 1)", "disagreement")),
+    classLegend(classes),
+    el("div", {}, el("span", { class: "muted", text: `${r.generations.length} generations (each one's label)` }), gens),
+    el("p", { class: "downloads" },
+      "Download: ",
+      link(f.mask, "mask.png", "label (PNG, the masks' values)"),
+      link(f.color, "color.png", "label in colours (PNG)"),
+      link(f.prob_tif, "prob.tif", "class probabilities (TIFF, K pages)"),
+      link(f.uncertainty_tif, "uncertainty.tif", "entropy (TIFF)"),
+      link(f.uncertainty, "uncertainty.png", "entropy (PNG)"),
+      link(f.disagreement_tif, "disagreement.tif", "disagreement (TIFF)"),
+      link(f.disagreement, "disagreement.png", "disagreement (PNG)")));
+}
+
 // ---------------------------------------------------------------- evaluation browser
 let EVAL = null;
 let SORT = { key: "stem", dir: 1 };
@@ -187,7 +239,7 @@ let SORT = { key: "stem", dir: 1 };
 async function loadEval() {
   try { EVAL = await getJSON("/api/eval"); } catch (e) { $("#eval-message").textContent = e.message; return; }
   const s = EVAL.summary;
-  const rows = [
+  const rows = EVAL.kind === "classes" ? classSummaryRows(s) : [
     ["Summary", EVAL.file + (EVAL.policy ? ` (empty masks: ${EVAL.policy})` : "")],
     ["Images", s.n_images],
     ["IoU, per-image mean", pct(s.iou)], ["F1 / Dice, per-image mean", pct(s.f1)],
@@ -196,13 +248,23 @@ async function loadEval() {
   ];
   if (s.calibration !== undefined) rows.push(["Calibration (lower is better)", `${fmt(s.calibration, 5)} ± ${fmt(s.calibration_stderr, 5)}, ECE ${fmt(s.ece, 5)}`]);
   $("#eval-summary").replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("th", { text: k }), el("td", { text: String(v) }))));
+  if (EVAL.kind === "classes") showPerClass(EVAL.per_class);
   $("#eval-warnings").textContent = EVAL.warnings.join(" · ");
   const c = EVAL.colours;
-  $("#error-legend").replaceChildren("Error map:",
-    el("span", { class: "swatch", background: c.fp }), "false positive",
-    el("span", { class: "swatch", background: c.fn }), "false negative",
-    el("span", { class: "swatch", background: c.tp }), "true positive",
-    el("span", { class: "swatch", background: c.tn }), "true negative");
+  if (EVAL.kind === "classes") {
+    $("#error-legend").replaceChildren("Error map:",
+      el("span", { class: "swatch", background: c.wrong }), "wrong class",
+      el("span", { class: "swatch", background: c.right }), "right class",
+      el("span", { class: "swatch", background: c.ignored }), "ignored in the ground truth");
+  } else {
+    $("#error-legend").replaceChildren("Error map:",
+      el("span", { class: "swatch", background: c.fp }), "false positive",
+      el("span", { class: "swatch", background: c.fn }), "false negative",
+      el("span", { class: "swatch", background: c.tp }), "true positive",
+      el("span", { class: "swatch", background: c.tn }), "true negative");
+  }
+  // the table's columns come with the evaluation (K classes: one IoU column per class)
+  $("#eval-table thead tr").replaceChildren(...EVAL.columns.map((col) => el("th", { "data-key": col.key, text: col.label })));
   for (const th of document.querySelectorAll("#eval-table th")) {
     th.addEventListener("click", () => {
       SORT = { key: th.dataset.key, dir: SORT.key === th.dataset.key ? -SORT.dir : 1 };
@@ -225,12 +287,11 @@ function renderTable() {
     if (th.dataset.key === key) th.setAttribute("aria-sort", dir > 0 ? "ascending" : "descending");
     else th.removeAttribute("aria-sort");
   }
+  const digits = { stem: 0, calibration: 5, gt_pixels: 0, pred_pixels: 0 };
   const tbody = $("#eval-table tbody");
   tbody.replaceChildren(...rows.map((r) => {
     const tr = el("tr", { "data-index": r.index },
-      el("td", { text: r.stem }), el("td", { text: fmt(r.iou) }), el("td", { text: fmt(r.f1) }),
-      el("td", { text: fmt(r.boundf) }), el("td", { text: fmt(r.calibration, 5) }),
-      el("td", { text: fmt(r.gt_pixels, 0) }), el("td", { text: fmt(r.pred_pixels, 0) }));
+      ...EVAL.columns.map((col) => el("td", { text: col.key === "stem" ? r.stem : fmt(r[col.key], digits[col.key] ?? 4) })));
     tr.addEventListener("click", () => showRow(r));
     return tr;
   }));
@@ -240,9 +301,37 @@ function showRow(r) {
   for (const tr of document.querySelectorAll("#eval-table tbody tr")) tr.classList.toggle("selected", Number(tr.dataset.index) === r.index);
   $("#eval-detail").hidden = false;
   $("#eval-hint").hidden = true;
-  $("#eval-detail-title").textContent = `${r.stem}: IoU ${fmt(r.iou)}, F1 ${fmt(r.f1)}, BoundF ${fmt(r.boundf)}` + (r.calibration === null ? "" : `, calibration ${fmt(r.calibration, 5)}`);
+  const scores = EVAL.kind === "classes" ? `mIoU ${fmt(r.miou)}` + (r.miou_fg === undefined ? "" : `, without the background ${fmt(r.miou_fg)}`)
+    : `IoU ${fmt(r.iou)}, F1 ${fmt(r.f1)}, BoundF ${fmt(r.boundf)}`;
+  $("#eval-detail-title").textContent = `${r.stem}: ${scores}` + (r.calibration === null ? "" : `, calibration ${fmt(r.calibration, 5)}`);
   const names = { image: "image", gt: "ground truth", pred: "prediction", error: "error map", prob: "probability", uncertainty: "uncertainty" };
+  if (EVAL.kind === "classes") Object.assign(names, { prob: "probability of the predicted class", uncertainty: "entropy" });
   $("#eval-panels").replaceChildren(...EVAL.kinds.map((k) => figure(`/api/eval/${r.index}/${k}`, names[k], "eval-" + k)));
+}
+
+// a K-class summary: the means over classes, with and without the background where it has one
+function classSummaryRows(s) {
+  const rows = [["Summary", EVAL.file], ["Images", s.n_images],
+    ["mIoU / mDice, per-image means", `${pct(s.miou)} / ${pct(s.mdice)}`],
+    ["mIoU / mDice, pooled over pixels", `${pct(s.miou_pooled)} / ${pct(s.mdice_pooled)}`]];
+  if (s.background !== null && s.background !== undefined) {
+    rows.push([`Without the background (${s.background})`, `mIoU ${pct(s.miou_fg)}, mDice ${pct(s.mdice_fg)}, pooled mIoU ${pct(s.miou_pooled_fg)}`]);
+  } else {
+    rows.push(["Background", s.foreground_means || "none"]);
+  }
+  rows.push(["BoundF, mean over classes", pct(s.boundf)], ["Pixel accuracy", pct(s.pixel_accuracy)], ["Ignored pixels", fmt(s.ignored_pixels, 0)]);
+  return rows;
+}
+
+// the per-class scores of a K-class summary, each class with its colour
+function showPerClass(classes) {
+  const head = el("tr", {}, ...["Class", "IoU", "Dice", "IoU pooled", "Dice pooled", "BoundF", "GT pixels", "Predicted pixels"].map((t) => el("th", { text: t })));
+  const body = classes.map((c) => el("tr", { "data-class": c.name },
+    el("td", {}, el("span", { class: "swatch", background: c.color }), c.name),
+    ...["iou", "dice", "iou_pooled", "dice_pooled", "boundf"].map((k) => el("td", { text: pct(c[k]) })),
+    el("td", { text: fmt(c.gt_pixels, 0) }), el("td", { text: fmt(c.pred_pixels, 0) })));
+  $("#eval-classes").replaceChildren(el("thead", {}, head), el("tbody", {}, ...body));
+  $("#eval-classes").hidden = false;
 }
 
 // ---------------------------------------------------------------- start
