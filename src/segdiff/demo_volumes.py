@@ -156,13 +156,19 @@ def run_volume_demo(
     report = {
         "data": str(data),
         "cases": {"train": 12, "test": 4},
-        "train": {"steps": train_summary["step"], "seconds": round(t_train, 1), "stopped_by": train_summary["stopped_by"]},
+        "train": {
+            "steps": train_summary["step"],
+            "seconds": round(t_train, 1),
+            "stopped_by": train_summary["stopped_by"],
+        },
         "predict": {"slices": pred["slices"], "seconds": round(pred["seconds"], 1), "protocol": pred["protocol"]},
         "dice_3d": {
-            names[k]: {"segdiff": scores["mean"][k]["Dice"], "baseline": base["mean"][k]["Dice"]} for k in scores["mean"]
+            names[k]: {"segdiff": scores["mean"][k]["Dice"], "baseline": base["mean"][k]["Dice"]}
+            for k in scores["mean"]
         },
         "hd95_mm": {
-            names[k]: {"segdiff": scores["mean"][k]["HD95"], "baseline": base["mean"][k]["HD95"]} for k in scores["mean"]
+            names[k]: {"segdiff": scores["mean"][k]["HD95"], "baseline": base["mean"][k]["HD95"]}
+            for k in scores["mean"]
         },
         "baseline": "nearest class mean of the per-case z-scored (T1, T2) intensities, per voxel",
         "seconds_total": round(time.time() - t0, 1),

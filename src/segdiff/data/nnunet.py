@@ -54,7 +54,7 @@ def labels_to_classes(labels, source: str) -> ClassSet:
     """dataset.json's "labels" (name -> value, background 0) -> a ClassSet in value order. Region-based
     definitions (a label given as a list of values) are refused naming the label."""
     if not isinstance(labels, dict) or not labels:
-        raise DataError(f"{source}: 'labels' must be an object name -> value, e.g. {{\"background\": 0, \"liver\": 1}}")
+        raise DataError(f'{source}: \'labels\' must be an object name -> value, e.g. {{"background": 0, "liver": 1}}')
     pairs, ignore = [], None
     for name, value in labels.items():
         if isinstance(value, (list, tuple)):
@@ -100,11 +100,11 @@ def read_dataset_json(root: Path | str) -> DatasetJson:
         raise DataError(f"{path}: region-based labels (regions_class_order) are not supported; one value per label")
     names = d.get("channel_names", d.get("modality"))
     if not isinstance(names, dict) or not names:
-        raise DataError(f"{path}: 'channel_names' must be an object {{\"0\": \"T1\", \"1\": \"T2\"}}")
+        raise DataError(f'{path}: \'channel_names\' must be an object {{"0": "T1", "1": "T2"}}')
     try:
         order = sorted(names, key=int)
     except ValueError:
-        raise DataError(f"{path}: 'channel_names' keys must be channel numbers \"0\", \"1\", ...") from None
+        raise DataError(f'{path}: \'channel_names\' keys must be channel numbers "0", "1", ...') from None
     if [int(k) for k in order] != list(range(len(order))):
         raise DataError(f"{path}: 'channel_names' must number the channels 0..{len(order) - 1}")
     ending = d.get("file_ending")
@@ -157,7 +157,9 @@ def group_cases(folder: Path | str, channels: int | None, ending: str | None = N
                 raise DataError(f"{folder}: case {case} has no channel {c:04d} (file {case}_{c:04d}{ending or ''})")
         extra = sorted(set(chans) - set(range(n)))
         if extra:
-            raise DataError(f"{chans[extra[0]]}: channel {extra[0]:04d} beyond the {n} channel(s) of the model/data set")
+            raise DataError(
+                f"{chans[extra[0]]}: channel {extra[0]:04d} beyond the {n} channel(s) of the model/data set"
+            )
         out[case] = tuple(chans[c] for c in range(n))
     return out
 

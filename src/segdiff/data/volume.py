@@ -217,7 +217,13 @@ class VolumeBatches:
     def batch(self, step: int, batch_size: int, start: int = 0, stop: int | None = None):
         items = [self.sample(step, j, batch_size) for j in range(start, batch_size if stop is None else stop)]
         cols = list(zip(*items))
-        return torch.stack(cols[0]), torch.stack(cols[1]), torch.tensor(cols[2]), torch.stack(cols[3]), torch.stack(cols[4])
+        return (
+            torch.stack(cols[0]),
+            torch.stack(cols[1]),
+            torch.tensor(cols[2]),
+            torch.stack(cols[3]),
+            torch.stack(cols[4]),
+        )
 
 
 def val_slices(cases: list[Case], cfg: DataConfig, limit: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -231,7 +237,9 @@ def val_slices(cases: list[Case], cfg: DataConfig, limit: int | None) -> list[tu
         zs = fg if len(fg) else np.asarray([len(label) // 2])
         k = min(len(zs), max(1, -(-(limit or len(zs)) // max(len(cases), 1))))
         chosen = zs[np.linspace(0, len(zs) - 1, k).round().astype(int)]
-        per_case.append([(torch.from_numpy(image[:, z].copy()), torch.from_numpy(label[z].copy())[None]) for z in chosen])
+        per_case.append(
+            [(torch.from_numpy(image[:, z].copy()), torch.from_numpy(label[z].copy())[None]) for z in chosen]
+        )
     pairs = [p for group in zip_longest_flat(per_case) for p in group]
     return pairs[: limit or None]
 

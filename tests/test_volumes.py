@@ -1,0 +1,380 @@
+"""Volumes in the nnU-Net v2 layout (issue 21): reading, slicing, training batches, whole-volume prediction,
+3D scores and the bad-input errors. Synthetic volumes written with nibabel: a rotated affine with an offset,
+1 x 1 x 3 mm voxels, two modalities, K = 3 (segdiff.demo_volumes)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+nib = pytest.importorskip("nibabel")
+
+from segdiff.config import preset  # noqa: E402
+from segdiff.data.nnunet import group_cases, list_cases, read_dataset_json, split_cases  # noqa: E402
+from segdiff.data.volume import (  # noqa: E402
+    VolumeBatches,
+    from_slices,
+    load_case,
+    to_slices,
+    volume_training,
+    with_volume_shape,
+)
+from segdiff.data.volume_io import read_array, read_info, write_like  # noqa: E402
+from segdiff.demo_volumes import case_affine, make_volume_dataset  # noqa: E402
+from segdiff.errors import DataError  # noqa: E402
+from segdiff.metrics.volume import evaluate_volumes, hd95, score_case  # noqa: E402
+
+SHAPE = (16, 16, 6)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_volume_dataset(tmp_path_factory.mktemp("vol") / "Dataset001_E", n_train=5, n_test=2, shape=SHAPE)
+
+
+def small_config(**train):
+    cfg = preset("tiny")
+    t = dict(max_steps=2, batch_size=4, val_every=0, save_every=0, val_max_images=2, warmup_steps=0) | train
+    return replace(cfg, data=replace(cfg.data, size=16), train=replace(cfg.train, **t)).validate()
+
+
+def copy_dataset(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+# -- reading and slicing ------------------------------------------------------------------------------
+def test_dataset_json_cases_and_classes(dataset):
+    ds, cases = list_cases(dataset)
+    assert ds.channel_names == ("T1", "T2") and ds.classes.K == 3 and ds.classes.values == (0, 1, 2)
+    assert len(cases) == 5 and all(len(c.images) == 2 and c.label is not None for c in cases)
+    assert [p.name for p in cases[0].images] == ["ellipsoid_tr000_0000.nii.gz", "ellipsoid_tr000_0001.nii.gz"]
+    info = read_info(cases[0].images[0])
+    assert info.shape == SHAPE and np.allclose(info.spacing, (1, 1, 3)) and np.allclose(info.affine, case_affine())
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slicing_and_restacking_round_trip_bitwise(dataset, tmp_path, axis):
+    _, cases = list_cases(dataset)
+    vol = read_array(cases[0].images[0])
+    two = np.stack([vol, vol * 2])
+    assert np.array_equal(from_slices(to_slices(vol, axis), axis), vol)
+    # slice by slice as predict does ([C, n, a, b] in, maps [n, a, b] and [n, a, b, K] out), restacked
+    slices = to_slices(two, axis)
+    assert np.array_equal(from_slices(np.stack([slices[0, z] for z in range(len(slices[0]))]), axis), vol)
+    per_class = np.stack([np.moveaxis(slices[:, z], 0, -1) for z in range(slices.shape[1])])
+    assert np.array_equal(from_slices(per_class, axis), np.moveaxis(two, 0, -1))
+    # written with the input's geometry and read back: the same voxels, the same affine and header codes
+    write_like(tmp_path / "x.nii.gz", vol, cases[0].images[0])
+    back = nib.load(str(tmp_path / "x.nii.gz"))
+    ref = nib.load(str(cases[0].images[0]))
+    assert np.array_equal(np.asarray(back.dataobj), vol) and np.array_equal(back.affine, ref.affine)
+    assert int(back.header["sform_code"]) == int(ref.header["sform_code"])
+
+
+def test_slice_axis_is_the_largest_spacing_and_a_field_overrides_it(dataset):
+    ds, cases = list_cases(dataset)
+    cfg = with_volume_shape(small_config(), ds, cases, 0)
+    assert cfg.data.volume.slice_axis == 2  # 1 x 1 x 3 mm
+    assert cfg.model.image_channels == 2 and cfg.model.mask_channels == 3
+    assert [s["scheme"] for s in cfg.data.volume.intensity] == ["zscore", "zscore"]
+    cfg1 = small_config()
+    cfg1 = replace(cfg1, data=replace(cfg1.data, volume=replace(cfg1.data.volume, slice_axis=0)))
+    assert with_volume_shape(cfg1, ds, cases, 0).data.volume.slice_axis == 0
+    image, label = load_case(cases[0], cfg.data.volume.intensity, 2, ds.classes)
+    assert image.shape == (2, 6, 16, 16) and label.shape == (6, 16, 16)
+    assert abs(float(image[0].mean())) < 1e-4 and abs(float(image[0].std()) - 1) < 1e-3  # z-score per case
+
+
+def test_ct_normalisation_uses_training_foreground_statistics(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path / "ct")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "CT", "1": "T2"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    ds, cases = list_cases(root)
+    spec = with_volume_shape(small_config(), ds, cases, 0).data.volume.intensity
+    assert spec[0]["scheme"] == "ct" and spec[1]["scheme"] == "zscore"
+    fg = np.concatenate([read_array(c.images[0])[read_array(c.label) > 0] for c in cases]).astype(np.float64)
+    assert math.isclose(spec[0]["mean"], fg.mean(), rel_tol=1e-6)  # < 10000 voxels a case: all of them
+    assert math.isclose(spec[0]["high"], np.percentile(fg, 99.5), rel_tol=1e-6)
+    image, _ = load_case(cases[0], spec, 2)
+    raw = np.clip(read_array(cases[0].images[0]), spec[0]["low"], spec[0]["high"])
+    assert np.allclose(to_slices(raw, 2), image[0] * spec[0]["std"] + spec[0]["mean"], atol=1e-3)
+
+
+# -- training data ----------------------------------------------------------------------------------
+def test_split_is_by_case(dataset):
+    _, cases = list_cases(dataset)
+    train, val = split_cases(cases, 0.4, seed=3)
+    assert len(val) == 2 and not {c.stem for c in train} & {c.stem for c in val}
+    assert split_cases(cases, 0.4, seed=3) == (train, val)  # seeded
+    splits, cfg, batches, val_pairs = volume_training(
+        dataset, replace(small_config(), data=replace(small_config().data, val_fraction=0.4)), resume=False
+    )
+    assert {c.stem for c in splits.val}.isdisjoint(c.stem for c in splits.train)
+    assert {batches.cache.cases[i].stem for i, _ in batches.all} == {c.stem for c in splits.train}
+    assert val_pairs and all(im.shape == (2, 16, 16) for im, _ in val_pairs)
+
+
+def test_foreground_slices_oversampled_and_empty_slices_still_seen(dataset):
+    ds, cases = list_cases(dataset)
+    base = with_volume_shape(small_config(), ds, cases, 0)
+
+    def draws(fraction):
+        cfg = replace(base.data, volume=replace(base.data.volume, foreground_fraction=fraction))
+        b = VolumeBatches(cases, cfg, 100, seed=0)
+        fg = set(b.fg)
+        picked = []
+        for j in range(200):  # the draw of sample (step 0, j): the same rule as VolumeBatches.sample
+            g = __import__("segdiff").rng.generator(0, 0, j)
+            pool = b.fg if float(torch.rand((), generator=g)) < fraction else b.all
+            picked.append(pool[int(torch.randint(len(pool), (), generator=g))] in fg)
+        return b, np.mean(picked)
+
+    b, all_fg = draws(1.0)
+    assert len(b.fg) < len(b.all) and all_fg == 1.0
+    _, some = draws(0.5)
+    assert 0.5 < some < 1.0  # more than the share of foreground slices, yet empty ones are drawn
+    image, x0, t, eps, valid = b.batch(0, 4)
+    assert image.shape == (4, 2, 16, 16) and x0.shape == (4, 3, 16, 16) and valid.shape == (4, 1, 16, 16)
+    assert torch.equal(b.batch(5, 4)[0], b.batch(5, 4)[0])  # keyed by (seed, step, index)
+
+
+# -- predict and evaluate -----------------------------------------------------------------------------
+def untrained(dataset):
+    from segdiff.predict.predictor import Predictor, build_network
+
+    ds, cases = list_cases(dataset)
+    cfg = with_volume_shape(small_config(), ds, cases, 0)
+    torch.manual_seed(0)
+    return Predictor(cfg, build_network(cfg, "cpu"), "cpu")
+
+
+def test_predicted_volumes_keep_the_input_geometry(dataset, tmp_path):
+    from segdiff.predict.volume import predict_volumes
+
+    s = predict_volumes(
+        untrained(dataset), dataset / "imagesTs", tmp_path / "pred", progress=False, generations=2, steps=2
+    )
+    assert s["predicted"] == 2 and s["slices"] == 12
+    ref = nib.load(str(dataset / "imagesTs" / "ellipsoid_ts000_0000.nii.gz"))
+    for sub, shape in (("", SHAPE), ("prob/", (*SHAPE, 3)), ("uncertainty/", SHAPE)):
+        img = nib.load(str(tmp_path / "pred" / f"{sub}ellipsoid_ts000.nii.gz"))
+        assert img.shape == shape and np.array_equal(img.affine, ref.affine)
+        assert np.allclose(img.header.get_zooms()[:3], (1, 1, 3))
+    label = np.asarray(nib.load(str(tmp_path / "pred" / "ellipsoid_ts000.nii.gz")).dataobj)
+    prob = np.asarray(nib.load(str(tmp_path / "pred" / "prob" / "ellipsoid_ts000.nii.gz")).dataobj)
+    assert np.array_equal(label, prob.argmax(-1))  # labels 0, 1, 2 are the class indices here
+    assert (tmp_path / "pred" / "montage" / "ellipsoid_ts000.png").is_file()
+    # a rerun skips finished cases; one case's file alone predicts that case
+    assert (
+        predict_volumes(
+            untrained(dataset), dataset / "imagesTs", tmp_path / "pred", progress=False, generations=1, steps=1
+        )["skipped"]
+        == 2
+    )
+    one = predict_volumes(
+        untrained(dataset),
+        dataset / "imagesTs" / "ellipsoid_ts001_0001.nii.gz",
+        tmp_path / "one",
+        progress=False,
+        generations=1,
+        steps=1,
+    )
+    assert one["cases"] == 1 and (tmp_path / "one" / "ellipsoid_ts001.nii.gz").is_file()
+
+
+def surface_brute(mask):
+    """Mask voxels with a 6-neighbour outside the mask or the volume (written without scipy)."""
+    pad = np.pad(mask, 1)
+    inner = np.ones_like(mask)
+    for ax in range(3):
+        for d in (-1, 1):
+            inner &= np.roll(pad, d, axis=ax)[1:-1, 1:-1, 1:-1]
+    return mask & ~inner
+
+
+def hd95_brute(a, b, spacing):
+    pa = np.argwhere(surface_brute(a)) * np.asarray(spacing)
+    pb = np.argwhere(surface_brute(b)) * np.asarray(spacing)
+    d = np.sqrt(((pa[:, None, :] - pb[None, :, :]) ** 2).sum(-1))
+    return max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95))
+
+
+def test_dice_and_hd95_against_an_independent_computation():
+    sp = (0.8, 1.2, 3.0)
+    a = np.zeros((12, 12, 6), bool)
+    b = np.zeros_like(a)
+    a[2, 3, 1] = b[5, 7, 4] = True  # one voxel each: the distance between their centres
+    assert math.isclose(hd95(a, b, sp), math.sqrt((3 * 0.8) ** 2 + (4 * 1.2) ** 2 + (3 * 3.0) ** 2), rel_tol=1e-9)
+    g = np.random.default_rng(0)
+    for _ in range(5):
+        a = np.zeros((14, 13, 7), bool)
+        b = np.zeros_like(a)
+        a[g.integers(0, 4) : g.integers(6, 14), g.integers(0, 4) : g.integers(6, 13), g.integers(0, 3) : 6] = True
+        b[g.integers(2, 6) : g.integers(8, 14), 3:11, g.integers(1, 3) : g.integers(4, 7)] = True
+        b[g.integers(0, 14), g.integers(0, 13), 6] = True  # an outlier voxel
+        assert math.isclose(hd95(a, b, sp), hd95_brute(a, b, sp), rel_tol=1e-9)
+        s = score_case(a.astype(np.uint8), b.astype(np.uint8), 2, sp)[1]
+        tp = int((a & b).sum())
+        assert math.isclose(s["Dice"], 2 * tp / (a.sum() + b.sum())) and math.isclose(s["IoU"], tp / (a | b).sum())
+    empty = np.zeros((4, 4, 4), np.uint8)
+    s = score_case(empty, empty, 3, (1, 1, 1))
+    assert all(math.isnan(s[k]["Dice"]) and math.isnan(s[k]["HD95"]) for k in (1, 2))  # nnU-Net: NaN
+    one = empty.copy()
+    one[1, 1, 1] = 1
+    assert score_case(empty, one, 2, (1, 1, 2))[1]["Dice"] == 0
+    assert math.isclose(score_case(empty, one, 2, (1, 1, 2))[1]["HD95"], math.sqrt(16 + 16 + 64))  # the diagonal
+
+
+def test_evaluate_writes_nnunet_summary_with_nan_left_out(dataset, tmp_path):
+    ds, cases = list_cases(dataset, "Ts")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for i, c in enumerate(cases):
+        lab = read_array(c.label, np.uint8)
+        if i == 1:
+            lab[lab == 2] = 0  # case 1: core missed
+        write_like(pred / c.label.name, lab, c.label)
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for i, c in enumerate(cases):  # case 1 of the reference has no core either: NaN Dice for label 2
+        lab = read_array(c.label, np.uint8)
+        if i == 1:
+            lab[lab == 2] = 0
+        write_like(gt / c.label.name, lab, c.label)
+    s = evaluate_volumes(pred, gt, dataset_json=dataset / "dataset.json")
+    per = s["metric_per_case"]
+    assert per[0]["metrics"]["1"]["Dice"] == 1.0 and per[0]["metrics"]["1"]["HD95"] == 0.0
+    assert math.isnan(per[1]["metrics"]["2"]["Dice"])
+    assert s["mean"]["2"]["Dice"] == 1.0  # NaN left out of the mean over cases
+    written = json.loads((pred / "summary.json").read_text())
+    assert written["metric_per_case"][1]["metrics"]["2"]["Dice"] is None and written["foreground_mean"]["Dice"] == 1.0
+    assert (pred / "summary_per_case.csv").read_text().count("\n") == 1 + 2 * 2
+
+
+# -- bad input --------------------------------------------------------------------------------------
+def rewrite(path, array, affine):
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def test_bad_label_volumes_are_errors_naming_the_file(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path / "bad")
+    _, cases = list_cases(root)
+    label = cases[0].label
+    good = read_array(label, np.uint8)
+    rewrite(label, good[:, :, :-1], case_affine())
+    with pytest.raises(DataError, match=rf"{label.name}.*shape \(16, 16, 5\) differs"):
+        load_case(cases[0], ({"scheme": "zscore"},) * 2, 2)
+    rewrite(label, good, case_affine(angle_deg=31))
+    with pytest.raises(DataError, match=rf"{label.name}.*affine"):
+        load_case(cases[0], ({"scheme": "zscore"},) * 2, 2)
+    bad = good.copy()
+    bad[0, 0, 0] = 7
+    rewrite(label, bad, case_affine())
+    ds = read_dataset_json(root)
+    with pytest.raises(DataError, match=rf"{label.name}.*value 7 at 1 pixel"):
+        load_case(cases[0], ({"scheme": "zscore"},) * 2, 2, ds.classes)
+
+
+def test_4d_truncated_and_missing_channel_files_are_errors(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path / "bad")
+    _, cases = list_cases(root)
+    img = cases[1].images[1]
+    rewrite(img, np.zeros((*SHAPE, 3), np.float32), case_affine())
+    with pytest.raises(DataError, match=rf"{img.name}: a 4-D file"):
+        read_info(img)
+    trunc = cases[2].images[0]
+    data = trunc.read_bytes()
+    trunc.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=rf"{trunc.name}: cannot read.*truncated"):
+        read_array(trunc)
+    (root / "imagesTr" / "ellipsoid_tr003_0001.nii.gz").unlink()
+    with pytest.raises(DataError, match="case ellipsoid_tr003 has no channel 0001"):
+        group_cases(root / "imagesTr", 2, ".nii.gz")
+
+
+def test_region_based_labels_are_refused_naming_the_label(dataset, tmp_path):
+    root = copy_dataset(dataset, tmp_path / "regions")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "whole": [1, 2], "core": 2}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="label 'whole' is region-based"):
+        read_dataset_json(root)
+
+
+def test_a_bad_case_at_predict_writes_nothing_of_it(dataset, tmp_path):
+    from segdiff.predict.volume import predict_volumes
+
+    ts = tmp_path / "ts"
+    ts.mkdir()
+    for p in sorted((dataset / "imagesTs").iterdir()):
+        (ts / p.name).write_bytes(p.read_bytes())
+    bad = ts / "ellipsoid_ts001_0000.nii.gz"
+    bad.write_bytes(gzip.compress(gzip.decompress(bad.read_bytes())[:400]))  # header kept, voxels cut
+    with pytest.raises(DataError, match="ellipsoid_ts001_0000.nii.gz"):
+        predict_volumes(untrained(dataset), ts, tmp_path / "pred", progress=False, generations=1, steps=1)
+    left = sorted(p.relative_to(tmp_path / "pred").as_posix() for p in (tmp_path / "pred").rglob("*ts001*"))
+    assert left == []
+    assert (tmp_path / "pred" / "ellipsoid_ts000.nii.gz").is_file()  # the case before it is complete
+
+
+# -- end to end ------------------------------------------------------------------------------------
+def test_cli_train_predict_evaluate_end_to_end(dataset, tmp_path, capsys):
+    from segdiff.cli import main
+
+    run, pred = tmp_path / "run", tmp_path / "pred"
+    sets = ["data.size=16", "train.batch_size=4", "train.val_every=0", "train.save_every=0", "train.warmup_steps=0"]
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(dataset),
+                "--out",
+                str(run),
+                "--preset",
+                "tiny",
+                "--max-steps",
+                "2",
+                "--quiet",
+                "--set",
+                *sets,
+            ]
+        )
+        == 0
+    )
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["data"]["volume"]["slice_axis"] == 2 and cfg["model"]["image_channels"] == 2
+    assert set(json.loads((run / "split.json").read_text())["val"]) == {"ellipsoid_tr002"}  # one case of 5
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(run),
+                "--input",
+                str(dataset / "imagesTs"),
+                "--out",
+                str(pred),
+                "--generations",
+                "1",
+                "--steps",
+                "2",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert main(["evaluate", "--pred", str(pred), "--gt", str(dataset / "labelsTs")]) == 0
+    out = capsys.readouterr().out
+    assert "foreground mean" in out and "HD95" in out
+    assert json.loads((pred / "summary.json").read_text())["cases"] == 2
