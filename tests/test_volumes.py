@@ -378,3 +378,52 @@ def test_cli_train_predict_evaluate_end_to_end(dataset, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "foreground mean" in out and "HD95" in out
     assert json.loads((pred / "summary.json").read_text())["cases"] == 2
+
+
+def test_missing_readers_say_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from segdiff.errors import UserError
+
+    path = tmp_path / "a_0000.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)), str(path))
+    monkeypatch.setitem(sys.modules, "nibabel", None)  # as if not installed
+    with pytest.raises(UserError, match=r"pip install segdiff\[medical\]"):
+        read_info(path)
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)
+    (tmp_path / "b.nrrd").write_bytes(b"NRRD0004\n")
+    with pytest.raises(UserError, match=r"b.nrrd: reading .nrrd files needs SimpleITK"):
+        read_info(tmp_path / "b.nrrd")
+
+
+def test_volume_settings_are_checked():
+    from segdiff.config import ConfigError, apply_overrides
+
+    cfg = preset("tiny")
+    with pytest.raises(ConfigError, match="data.volume.slice_axis = 3: must be 0, 1, 2"):
+        apply_overrides(cfg, {"data.volume.slice_axis": "3"}, text=True).validate()
+    with pytest.raises(ConfigError, match="data.volume.normalization"):
+        apply_overrides(cfg, {"data.volume.normalization": "minmax"}, text=True).validate()
+    ok = apply_overrides(cfg, {"data.volume.foreground_fraction": "0.33"}, text=True).validate()
+    assert ok.data.volume.foreground_fraction == 0.33 and cfg.data.volume.foreground_fraction == 0.5
+
+
+def test_the_2d_form_of_the_layout_trains_on_single_slices(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "Dataset002_Flat"
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    g = np.random.default_rng(0)
+    for i in range(3):
+        label = np.zeros((16, 16), np.uint8)
+        label[4:10, 3 + i : 12] = 1
+        Image.fromarray((label * 120 + g.integers(0, 60, (16, 16))).astype(np.uint8)).save(
+            root / "imagesTr" / f"c{i}_0000.png"
+        )
+        Image.fromarray(label).save(root / "labelsTr" / f"c{i}.png")
+    meta = {"channel_names": {"0": "grey"}, "labels": {"background": 0, "cell": 1}, "file_ending": ".png"}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    splits, cfg, batches, val = volume_training(root, small_config(), resume=False)
+    assert cfg.data.volume.slice_axis == 2 and len(batches) == 2 and len(splits.val) == 1
+    assert batches.batch(0, 2)[0].shape == (2, 1, 16, 16) and val[0][1].shape == (1, 16, 16)
