@@ -9,15 +9,14 @@ import json
 import math
 from dataclasses import replace
 
+import nibabel as nib  # the medical extra, which dev pulls: CI tests it
 import numpy as np
 import pytest
 import torch
 
-nib = pytest.importorskip("nibabel")
-
-from segdiff.config import preset  # noqa: E402
-from segdiff.data.nnunet import group_cases, list_cases, read_dataset_json, split_cases  # noqa: E402
-from segdiff.data.volume import (  # noqa: E402
+from segdiff.config import preset
+from segdiff.data.nnunet import group_cases, list_cases, read_dataset_json, split_cases
+from segdiff.data.volume import (
     VolumeBatches,
     from_slices,
     load_case,
@@ -25,10 +24,10 @@ from segdiff.data.volume import (  # noqa: E402
     volume_training,
     with_volume_shape,
 )
-from segdiff.data.volume_io import read_array, read_info, write_like  # noqa: E402
-from segdiff.demo_volumes import case_affine, make_volume_dataset  # noqa: E402
-from segdiff.errors import DataError  # noqa: E402
-from segdiff.metrics.volume import evaluate_volumes, hd95, score_case  # noqa: E402
+from segdiff.data.volume_io import read_array, read_info, write_like
+from segdiff.demo_volumes import case_affine, make_volume_dataset
+from segdiff.errors import DataError
+from segdiff.metrics.volume import evaluate_volumes, hd95, score_case
 
 SHAPE = (16, 16, 6)
 
@@ -354,6 +353,9 @@ def test_cli_train_predict_evaluate_end_to_end(dataset, tmp_path, capsys):
     )
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["data"]["volume"]["slice_axis"] == 2 and cfg["model"]["image_channels"] == 2
+    resume = ["train", "--data", str(dataset), "--out", str(run), "--resume", "--max-steps", "3", "--quiet"]
+    assert main([*resume, "--set", "data.volume.cache_cases=2"]) == 0  # the saved slicing and normalisation kept
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 3
     assert set(json.loads((run / "split.json").read_text())["val"]) == {"ellipsoid_tr002"}  # one case of 5
     assert (
         main(

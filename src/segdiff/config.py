@@ -667,6 +667,7 @@ _DERIVED = ("data.mean", "data.std")  # set from the training images when the ru
 # Decided by the data when the run starts (image channels, classes): a resumed run keeps the saved ones.
 _FROM_DATA = ("model.image_channels", "model.mask_channels", "data.classes", "data.ignore_value", "data.ignore_color")
 _FROM_DATA += ("data.volume.slice_axis", "data.volume.intensity")
+RESUMABLE += ("data.volume.cache_cases",)  # how many cases stay in memory, not what a step computes
 
 
 def resume_config(saved: RunConfig, requested: RunConfig | None) -> tuple[RunConfig, dict[str, tuple]]:
