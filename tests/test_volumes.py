@@ -429,3 +429,18 @@ def test_the_2d_form_of_the_layout_trains_on_single_slices(tmp_path):
     splits, cfg, batches, val = volume_training(root, small_config(), resume=False)
     assert cfg.data.volume.slice_axis == 2 and len(batches) == 2 and len(splits.val) == 1
     assert batches.batch(0, 2)[0].shape == (2, 1, 16, 16) and val[0][1].shape == (1, 16, 16)
+
+
+def test_nrrd_and_mha_through_simpleitk_share_nibabels_geometry(dataset, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")  # optional: .nrrd / .mha are read only where it is installed
+    src = dataset / "imagesTr" / "ellipsoid_tr000_0000.nii.gz"
+    ref = read_info(src)
+    for ending in (".nrrd", ".mha"):
+        path = tmp_path / f"x_0000{ending}"
+        sitk.WriteImage(sitk.ReadImage(str(src)), str(path))  # SimpleITK's own NIfTI -> LPS conversion
+        info = read_info(path)
+        assert info.shape == ref.shape and ref.same_grid(info) is None  # the same RAS affine, (i, j, k) order
+        assert np.array_equal(read_array(path), read_array(src))
+        write_like(tmp_path / f"y{ending}", read_array(src) * 2, path)
+        assert np.array_equal(read_array(tmp_path / f"y{ending}"), read_array(src) * 2)
+        assert info.same_grid(read_info(tmp_path / f"y{ending}")) is None
