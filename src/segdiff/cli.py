@@ -136,6 +136,10 @@ def _predict(args) -> int:
     if model.config.data.volume.intensity is not None:  # trained on an nnU-Net data set: whole volumes
         from .predict.volume import predict_volumes
 
+        unused = [f for f, v in (("--num-parts", args.num_parts), ("--part-id", args.part_id)) if v is not None]
+        unused += ["--save-generations"] if args.save_generations else []
+        if unused:
+            raise UserError(f"{', '.join(unused)}: not available for volumes (this run trained on an nnU-Net data set)")
         s = predict_volumes(
             model, args.input, args.out, args.batch_images, args.overwrite, progress=not args.quiet, opts=opts
         )

@@ -21,6 +21,7 @@ import numpy as np
 from .config import preset
 
 SPACING = (1.0, 1.0, 3.0)
+N_TRAIN, N_TEST = 12, 4  # cases of the demo's data set (one training case is held out for validation)
 
 
 def case_affine(spacing=SPACING, angle_deg: float = 30.0, origin=(-20.0, 35.0, 12.5)) -> np.ndarray:
@@ -127,16 +128,18 @@ def run_volume_demo(
     t0 = time.time()
     data = out / "Dataset001_Ellipsoids"
     shutil.rmtree(data, ignore_errors=True)
-    make_volume_dataset(data)
+    make_volume_dataset(data, N_TRAIN, N_TEST)
     cfg = preset("tiny")
     cfg = replace(
         cfg,
+        # every training case stays in memory (they are small): no case is read twice
+        data=replace(cfg.data, volume=replace(cfg.data.volume, cache_cases=N_TRAIN)),
         train=replace(
             cfg.train,
-            max_steps=600 if max_steps is None else max_steps,
+            max_steps=400 if max_steps is None else max_steps,
             max_minutes=max_minutes,
-            val_every=300,
-            save_every=300,
+            val_every=200,
+            save_every=200,
         ),
     ).validate()
     run = out / "run"
@@ -155,7 +158,7 @@ def run_volume_demo(
     names = scores["labels"]
     report = {
         "data": str(data),
-        "cases": {"train": 12, "test": 4},
+        "cases": {"train": N_TRAIN, "test": N_TEST},
         "train": {
             "steps": train_summary["step"],
             "seconds": round(t_train, 1),
