@@ -444,3 +444,14 @@ def test_nrrd_and_mha_through_simpleitk_share_nibabels_geometry(dataset, tmp_pat
         write_like(tmp_path / f"y{ending}", read_array(src) * 2, path)
         assert np.array_equal(read_array(tmp_path / f"y{ending}"), read_array(src) * 2)
         assert info.same_grid(read_info(tmp_path / f"y{ending}")) is None
+
+
+def test_a_damaged_training_file_stops_training_before_its_first_step(dataset, tmp_path):
+    from segdiff.train.loop import train
+
+    root = copy_dataset(dataset, tmp_path / "bad")
+    bad = root / "imagesTr" / "ellipsoid_tr004_0001.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:-200])  # the gzip stream cut short
+    with pytest.raises(DataError, match="ellipsoid_tr004_0001.nii.gz: cannot read the volume's voxels"):
+        train(root, tmp_path / "run", small_config(), progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()  # stopped while setting up, nothing written

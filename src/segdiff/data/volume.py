@@ -2,8 +2,9 @@
 normalisation per modality, the slice axis, the step-keyed training batches of slices, and restacking.
 
 Memory: a case is read when a slice of it is drawn and kept in a least-recently-used cache of
-`data.volume.cache_cases` cases; the training set is never held in memory at once. At start-up each label
-volume is read once (one at a time) to index the slices holding foreground.
+`data.volume.cache_cases` cases; the training set is never held in memory at once. At start-up each case
+is read once (one at a time, through the cache): its files are checked whole and its slices holding
+foreground indexed.
 
 Normalisation (recorded per channel in `data.volume.intensity`, applied alike at predict):
 - "zscore": per case, (x - mean) / std over the case's voxels (MRI-like channels);
@@ -180,9 +181,9 @@ class VolumeBatches:
         self.cache = CaseCache(cases, vc.intensity, vc.slice_axis, self.classes, vc.cache_cases)
         self.all: list[tuple[int, int]] = []
         self.fg: list[tuple[int, int]] = []
-        for i, case in enumerate(cases):  # one label at a time: which slices hold foreground
-            check_case(case)
-            label = to_slices(read_labels_volume(case.label, self.classes), self.axis)
+        for i in range(len(cases)):  # one case at a time: which slices hold foreground
+            # every file read whole once here, so that a damaged one stops the run before its first step
+            _, label = self.cache.get(i)
             has = ((label > 0) & (label < self.classes.K)).reshape(len(label), -1).any(1)
             self.all += [(i, z) for z in range(len(label))]
             self.fg += [(i, z) for z in np.flatnonzero(has).tolist()]
