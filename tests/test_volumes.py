@@ -455,3 +455,16 @@ def test_a_damaged_training_file_stops_training_before_its_first_step(dataset, t
     with pytest.raises(DataError, match="ellipsoid_tr004_0001.nii.gz: cannot read the volume's voxels"):
         train(root, tmp_path / "run", small_config(), progress=False)
     assert not (tmp_path / "run" / "config.json").exists()  # stopped while setting up, nothing written
+
+
+def test_memory_holds_at_most_cache_cases_cases(dataset):
+    ds, cases = list_cases(dataset)
+    base = with_volume_shape(small_config(), ds, cases, 0)
+    b = VolumeBatches(cases, replace(base.data, volume=replace(base.data.volume, cache_cases=2)), 100, seed=0)
+    assert len(b.cache.held) == 2
+    seen = set()
+    for step in range(6):
+        b.batch(step, 4)
+        assert len(b.cache.held) <= 2
+        seen |= set(b.cache.held)
+    assert len(seen) > 2  # cases come and go
