@@ -215,7 +215,9 @@ def add_train_parser(sub) -> None:
         "With --resume the run's config.json is the base: only train.max_steps, max_minutes, log_every, "
         "val_every, save_every and num_workers may change (recorded in log.txt); other changes are refused.",
     )
-    t.add_argument("--data", required=True, help="data root with train/ (and optionally val/)")
+    t.add_argument(
+        "--data", required=True, help="data root with train/ (and optionally val/), or an nnU-Net v2 data set"
+    )
     t.add_argument("--out", required=True, help="run folder to write")
     add_config_options(t)
     t.add_argument("--max-steps", type=int, help="= --set train.max_steps=N")
