@@ -45,6 +45,7 @@ LAYERS: dict[str, int] = {
     "segdiff.__main__": 4,
     "segdiff.cli": 4,
     "segdiff.demo": 4,
+    "segdiff.demo_volumes": 4,
     "segdiff.bench": 4,
     "segdiff.serve": 4,
 }

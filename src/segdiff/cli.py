@@ -140,6 +140,18 @@ def _predict(args) -> int:
     with _labelled(labels):
         opts = model.sampling_options(model.config.predict.override(sets, text=True), **given)
         opts.check_explicit({"sampling_steps" if k == "steps" else k for k in (*sets, *given)})
+    if model.config.data.volume.intensity is not None:  # trained on an nnU-Net data set: whole volumes
+        from .predict.volume import predict_volumes
+
+        unused = [f for f, v in (("--num-parts", args.num_parts), ("--part-id", args.part_id)) if v is not None]
+        unused += ["--save-generations"] if args.save_generations else []
+        if unused:
+            raise UserError(f"{', '.join(unused)}: not available for volumes (this run trained on an nnU-Net data set)")
+        s = predict_volumes(
+            model, args.input, args.out, args.batch_images, args.overwrite, progress=not args.quiet, opts=opts
+        )
+        print(f"predicted {s['predicted']} case(s) ({s['slices']} slices), skipped {s['skipped']} -> {args.out}")
+        return 0
     summary = predict_folder(
         model,
         args.input,
@@ -162,6 +174,14 @@ def _predict(args) -> int:
 
 def _demo(args) -> int:
     from .demo import run_demo
+
+    if args.volumes:
+        from .demo_volumes import run_volume_demo
+
+        report = run_volume_demo(args.out, max_steps=args.max_steps, progress=not args.quiet, device=args.device)
+        print(json.dumps(report, indent=2))
+        print(f"report: {args.out}/report.json")
+        return 0
 
     with _labelled({"train.max_steps": f"--max-steps {args.max_steps}"}):
         report = run_demo(
@@ -202,7 +222,9 @@ def add_train_parser(sub) -> None:
         "With --resume the run's config.json is the base: only train.max_steps, max_minutes, log_every, "
         "val_every, save_every and num_workers may change (recorded in log.txt); other changes are refused.",
     )
-    t.add_argument("--data", required=True, help="data root with train/ (and optionally val/)")
+    t.add_argument(
+        "--data", required=True, help="data root with train/ (and optionally val/), or an nnU-Net v2 data set"
+    )
     t.add_argument("--out", required=True, help="run folder to write")
     add_config_options(t)
     t.add_argument("--max-steps", type=int, help="= --set train.max_steps=N")
@@ -277,7 +299,7 @@ def add_predict_parser(sub) -> None:
     )
     r.add_argument("--tile-stride", type=int, help="window stride for --mode tile (default: the window size)")
     r.add_argument("--blend", metavar=choices(BLENDS), help="weights of overlapping windows")
-    r.add_argument("--batch-images", type=int, default=4, help="images of one size per batch")
+    r.add_argument("--batch-images", type=int, default=4, help="images of one size (or slices of a volume) per batch")
     r.add_argument("--batch-generations", type=int, help="generations x windows per network call (memory)")
     r.add_argument("--save-generations", action="store_true", help="also write every generation")
     r.add_argument("--num-parts", type=int, help="split the folder into P parts ...")
@@ -298,6 +320,11 @@ def add_demo_parser(sub) -> None:
         help="multi-class demo: 2 or 3 foreground classes told apart by texture only (default: the binary demo)",
     )
     d.add_argument("--channels", type=int, default=1, help="image channels of the multi-class demo (e.g. 1 or 4)")
+    d.add_argument(
+        "--volumes",
+        action="store_true",
+        help="3D demo: synthetic two-modality volumes in the nnU-Net layout, trained on slices, scored in 3D",
+    )
     d.add_argument("--device")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_demo)

@@ -18,10 +18,19 @@ RESUMABLE = (
     "predict.compile",  # how validation runs the same network, not what a training step computes
     "predict.compile_cache",
     "train.skip_nonfinite",  # only steps whose loss or gradient is NaN/Inf act differently
+    "data.volume.cache_cases",  # how many cases stay in memory, not what a step computes
 )
 _DERIVED = ("data.mean", "data.std")  # set from the training images when the run starts
 # Decided by the data when the run starts (image channels, classes): a resumed run keeps the saved ones.
-_FROM_DATA = ("model.image_channels", "model.mask_channels", "data.classes", "data.ignore_value", "data.ignore_color")
+_FROM_DATA = (
+    "model.image_channels",
+    "model.mask_channels",
+    "data.classes",
+    "data.ignore_value",
+    "data.ignore_color",
+    "data.volume.slice_axis",
+    "data.volume.intensity",
+)
 
 
 def resume_config(saved: RunConfig, requested: RunConfig | None) -> tuple[RunConfig, dict[str, tuple]]:

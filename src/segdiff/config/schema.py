@@ -144,6 +144,33 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class VolumeConfig:
+    """3D cases of an nnU-Net v2 data set (docs/data.md, "Volumes"): the 2D model trains on their slices."""
+
+    # the axis (0, 1, 2 of the stored array) slices are taken along; None = the axis of the largest median voxel
+    # spacing of the training cases (the first on ties), set in config.json when training starts
+    slice_axis: int | None = None
+    # share of training draws taken among the slices that hold foreground (the rest among all slices, so
+    # empty slices are still seen); nnU-Net oversamples foreground patches at 0.33
+    foreground_fraction: float = 0.5
+    # "auto": per channel from dataset.json's channel_names ("CT" -> ct, "noNorm" -> none, else zscore);
+    # or one scheme for every channel: "zscore" (per case), "ct" (training foreground's 0.5-99.5 % clip and
+    # statistics), "none"
+    normalization: str = "auto"
+    # per channel, as applied (set when training starts): {"channel", "scheme"} and for ct "low", "high", "mean", "std"
+    intensity: tuple[dict, ...] | None = None
+    cache_cases: int = 4  # cases held in memory at once (least recently used dropped first)
+
+    def validate(self, prefix: str = "data.volume.") -> None:
+        if self.slice_axis is not None:
+            _check(self.slice_axis in (0, 1, 2), prefix + "slice_axis", self.slice_axis, "must be 0, 1, 2 or none")
+        f = self.foreground_fraction
+        _check(0 <= f <= 1, prefix + "foreground_fraction", f, "must be in [0, 1]")
+        _one_of(self, prefix, "normalization", ("auto", "zscore", "ct", "none"))
+        _at_least(self, prefix, 1, "cache_cases")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     size: int = 128  # the network's input size: training size (unless cropped) and predict's window
     val_fraction: float = 0.1  # held out of train when ROOT/val is absent
@@ -157,6 +184,7 @@ class DataConfig:
     ignore_value: int | None = None
     ignore_color: tuple[int, int, int] | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    volume: VolumeConfig = field(default_factory=VolumeConfig)  # nnU-Net data sets of 3D cases only
 
     def validate(self, prefix: str = "data.") -> None:
         _at_least(self, prefix, 1, "size")
@@ -175,6 +203,7 @@ class DataConfig:
             except DataError as exc:
                 raise ConfigError(prefix + "classes", None, str(exc).split(": ", 1)[-1], show_value=False) from None
         self.augment.validate(prefix + "augment.")
+        self.volume.validate(prefix + "volume.")
 
 
 @dataclass(frozen=True)

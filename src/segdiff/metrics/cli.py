@@ -78,6 +78,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--checkpoint", type=Path, metavar="RUN", help="take the classes of multi-class masks from this run's config"
     )
+    p.add_argument(
+        "--dataset-json",
+        type=Path,
+        metavar="FILE",
+        help="label volumes (nnU-Net layout): the dataset.json naming the labels (default: PRED's, then GT's data set)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -86,6 +92,11 @@ def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table, return the exit status (0). UserError propagates to the top-level CLI."""
     if args.keep_resized is not None and not args.resize_to_gt:
         raise UserError("--keep-resized: only with --resize-to-gt")
+    from .volume import evaluate_volumes, format_volume_table, is_volume_folder
+
+    if is_volume_folder(args.gt):  # label volumes (nnU-Net layout): 3D scores per case, summary.json
+        print(format_volume_table(evaluate_volumes(args.pred, args.gt, args.out, args.dataset_json)))
+        return 0
     if find_classes(args.pred, args.gt, args.classes, args.checkpoint) is not None:
         if args.resize_to_gt:
             raise UserError("--resize-to-gt: not available for multi-class masks")

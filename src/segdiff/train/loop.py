@@ -43,6 +43,8 @@ from ..data.dataset import (
     make_splits,
     write_split,
 )
+from ..data.nnunet import is_nnunet
+from ..data.volume import volume_training
 from ..devices import default_device, synchronize
 from ..diffusion import make_schedule
 from ..errors import CheckpointError, UserError
@@ -163,24 +165,27 @@ class TrainingRun:
         if tc.batch_size % info.world:
             raise UserError(f"--batch-size {tc.batch_size} is not divisible by the {info.world} processes")
 
-        splits = make_splits(data, config.data.val_fraction, tc.seed)
-        if not resume:
-            config = with_data_shape(config, data, splits.train)
-        self.batches = TrainBatches(
-            splits.train,
-            config.data,
-            config.diffusion.steps,
-            tc.seed,
-            tc.t_sampling,
-            channels=config.model.image_channels,
-        )
-        if config.data.mean is None:
-            mean, std = channel_stats(self.batches.float_images())
-            config = replace(config, data=replace(config.data, mean=mean, std=std))  # the caller's config is unchanged
+        if is_nnunet(data):  # an nnU-Net data set: the 2D model trains on its cases' slices (docs/data.md)
+            splits, config, self.batches, self.val_pairs = volume_training(data, config, resume)
+        else:
+            splits = make_splits(data, config.data.val_fraction, tc.seed)
+            if not resume:
+                config = with_data_shape(config, data, splits.train)
+            self.batches = TrainBatches(
+                splits.train,
+                config.data,
+                config.diffusion.steps,
+                tc.seed,
+                tc.t_sampling,
+                channels=config.model.image_channels,
+            )
+            if config.data.mean is None:
+                mean, std = channel_stats(self.batches.float_images())
+                config = replace(config, data=replace(config.data, mean=mean, std=std))  # the caller's is unchanged
+            classes = ClassSet.from_config(config.data)
+            channels = config.model.image_channels
+            self.val_pairs = [load_pair(s, classes, channels) for s in splits.val[: tc.val_max_images or None]]
         self.config, self.tc = config, tc
-        classes = ClassSet.from_config(config.data)
-        channels = config.model.image_channels
-        self.val_pairs = [load_pair(s, classes, channels) for s in splits.val[: tc.val_max_images or None]]
 
         torch.manual_seed(tc.seed)  # initial weights and dropout; a resumed run restores its RNG state below
         self.device = device
