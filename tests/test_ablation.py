@@ -114,7 +114,9 @@ def test_variant_exact_resume(name, tiny_data, tmp_path):
     kw = {"val_every": 0, "save_every": 1}
     train(tiny_data, tmp_path / "full", _config(name, max_steps=2, **kw), device="cpu", progress=False)
     train(tiny_data, tmp_path / "part", _config(name, max_steps=1, **kw), device="cpu", progress=False)
-    resumed = train(tiny_data, tmp_path / "part", _config(name, max_steps=2, **kw), resume=True, device="cpu", progress=False)
+    resumed = train(
+        tiny_data, tmp_path / "part", _config(name, max_steps=2, **kw), resume=True, device="cpu", progress=False
+    )
     assert resumed["step"] == 2
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -157,8 +157,11 @@ def _add_ablation(sub) -> None:
     a.add_argument("--data", required=True, help="data root with train/ (and val/, test/) folders")
     a.add_argument("--out", required=True, help="output folder (rerun with the same one to continue)")
     a.add_argument("--preset", required=True, help="the base configuration of every variant")
-    a.add_argument("--variants", default="", help="comma-separated: full, concat, hardnet, no-encoder, inject1, "
-                   "inject3, inject5, or all")
+    a.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated: full, concat, hardnet, no-encoder, inject1, inject3, inject5, or all",
+    )
     a.add_argument("--rrdb", help="RRDB-count sweep (Fig. 8), e.g. 1,3,5,10: one variant per value")
     a.add_argument("--T", help="diffusion-steps sweep (Fig. 9), e.g. 25,50,100: one variant per value")
     length = a.add_mutually_exclusive_group(required=True)

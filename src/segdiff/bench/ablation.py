@@ -90,7 +90,10 @@ def parse_variants(names: str | None, rrdb: str | None = None, steps_T: str | No
             chosen.append(VARIANTS[name])
         else:
             raise UserError(f"--variants {name}: unknown; choose from {', '.join(VARIANTS)} or all")
-    for flag, text, key, tag in (("--rrdb", rrdb, "model.rrdb_blocks", "rrdb"), ("--T", steps_T, "diffusion.steps", "T")):
+    for flag, text, key, tag in (
+        ("--rrdb", rrdb, "model.rrdb_blocks", "rrdb"),
+        ("--T", steps_T, "diffusion.steps", "T"),
+    ):
         for value in _ints(text, flag):
             chosen.append(Variant(f"{tag}{value}", f"{tag} = {value}", ((key, str(value)),), (tag, value)))
     names_seen = [v.name for v in chosen]
@@ -113,9 +116,7 @@ def _ints(text: str | None, flag: str) -> list[int]:
     return values
 
 
-def base_config(
-    preset_name: str, sets: list[str], steps: int | None, minutes: float | None, seed: int
-) -> RunConfig:
+def base_config(preset_name: str, sets: list[str], steps: int | None, minutes: float | None, seed: int) -> RunConfig:
     """The preset with --set overrides, the run length (steps or a time budget) and the seed, shared by
     every variant."""
     if (steps is None) == (minutes is None):
@@ -195,7 +196,9 @@ def run_ablation(
     env = environment(default_device(device))
     rows: dict[str, dict] = {}
     for v in variants:
-        rows[v.name] = run_variant(data, out / "variants" / v.name, v, configs[v.name], split_dir, protocol, device, progress)
+        rows[v.name] = run_variant(
+            data, out / "variants" / v.name, v, configs[v.name], split_dir, protocol, device, progress
+        )
         _write_report(report_path, protocol, variants, rows, env)
     ordered = [rows[v.name] for v in variants]
     files = write_table(out, ordered)
@@ -234,7 +237,9 @@ def run_variant(
         print(f"ablation: {variant.name} ({variant.label}): {'resuming' if resume else 'training'} in {run}")
     summary = train(data, run, cfg, resume=resume, device=device, progress=progress)
     model = SegDiff.load(run, weights=protocol["weights"], device=device)
-    opts = model.sampling_options(generations=protocol["generations"], steps=protocol["sampling_steps"], seed=protocol["seed"])
+    opts = model.sampling_options(
+        generations=protocol["generations"], steps=protocol["sampling_steps"], seed=protocol["seed"]
+    )
     predicted = predict_folder(model, split_dir / "images", pred, batch_images=8, progress=progress, opts=opts)
     metrics = evaluate_dirs(pred, split_dir, out=folder / "metrics.json", reliability_png=False)
     row = {
@@ -266,7 +271,9 @@ def write_table(out: Path, rows: list[dict]) -> list[str]:
     for r in rows:
         pct = [f"{100 * r[k]:.2f}" for k in ("iou", "f1", "wcov", "boundf")]
         w.writerow([r["label"], r["variant"], *pct, r["parameters"], r["train_steps"]])
-        lines.append(f"| {r['label']} (`{r['variant']}`) | {' | '.join(pct)} | {r['parameters']:,} | {r['train_steps']} |")
+        lines.append(
+            f"| {r['label']} (`{r['variant']}`) | {' | '.join(pct)} | {r['parameters']:,} | {r['train_steps']} |"
+        )
     atomic_write_text(out / "table4.csv", buf.getvalue())
     atomic_write_text(out / "table4.md", "\n".join(lines) + "\n")
     return [str(out / "table4.md"), str(out / "table4.csv")]

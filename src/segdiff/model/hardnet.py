@@ -91,7 +91,10 @@ class HarDNetEncoder(nn.Module):
         super().__init__()
         f = FIRST_CH
         self.stem = nn.Sequential(
-            ConvLayer(in_ch, f[0], stride=2), ConvLayer(f[0], f[1]), ConvLayer(f[1], f[2], stride=2), ConvLayer(f[2], f[3])
+            ConvLayer(in_ch, f[0], stride=2),
+            ConvLayer(f[0], f[1]),
+            ConvLayer(f[1], f[2], stride=2),
+            ConvLayer(f[2], f[3]),
         )
         self.down = nn.ModuleList()  # (harmonic block, 1x1 transition) per level
         skip_chs, ch = [], f[3]
