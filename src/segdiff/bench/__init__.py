@@ -4,6 +4,7 @@ run as `python -m segdiff.bench.<name>`.
 speed/:             `segdiff benchmark`: seconds per image, TFLOP/s, memory, training throughput (protocol.py
                     and the flag checks, measure.py, inference.py, training.py, profiler.py, report.py).
 study.py:           `segdiff study`: IoU / F1 / calibration against generations, sampling steps and sampler.
+ablation.py:        `segdiff ablation`: the paper's ablation (Table 4, Fig. 7) and RRDB / T sweeps (Figs. 8, 9).
 monuseg/:           the MoNuSeg benchmark within a time budget (training, choice of the sampling setting on
                     validation, test prediction, evaluation, a one-pass baseline): args.py, run.py, view.py,
                     run_config.py, selection.py (the grid, the rule that chooses, its figure), figures.py,
@@ -23,9 +24,10 @@ from ..config import PRESETS, SAMPLERS, PredictConfig
 
 
 def add_parsers(subparsers) -> None:
-    """Register the `benchmark` and `study` subcommands (called by segdiff.cli)."""
+    """Register the `benchmark`, `study` and `ablation` subcommands (called by segdiff.cli)."""
     _add_benchmark(subparsers)
     _add_study(subparsers)
+    _add_ablation(subparsers)
 
 
 def _run_benchmark(args) -> int:
@@ -136,3 +138,44 @@ def _add_study(sub) -> None:
     s.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_run_study)
+
+
+def _run_ablation(args) -> int:
+    from .ablation import cli
+
+    return cli(args)
+
+
+def _add_ablation(sub) -> None:
+    a = sub.add_parser(
+        "ablation",
+        help="the paper's ablation (Table 4, Fig. 7) and RRDB / T sweeps (Figs. 8, 9) on your data",
+        description="Trains each chosen variant of the preset with the same seed, steps (or minutes) and data, "
+        "predicts --split with 9 generations averaged (the paper's ablation protocol), and writes table4.md / "
+        "table4.csv (variant, IoU, F1, WCov, FBound), fig7_variants.png and, for a sweep, fig8_rrdb.png / "
+        "fig9_T.png to --out. Rerun the same command to continue an interrupted run. Variants: full (the "
+        "method), concat (one), hardnet (two), no-encoder (three), inject1, inject3, inject5 (four to six), all.",
+    )
+    a.add_argument("--data", required=True, help="data root with train/ (and val/, test/) folders")
+    a.add_argument("--out", required=True, help="output folder (rerun with the same one to continue)")
+    a.add_argument("--preset", required=True, help="the base configuration of every variant")
+    a.add_argument(
+        "--variants",
+        default="",
+        help="comma-separated: full, concat, hardnet, no-encoder, inject1, inject3, inject5, or all",
+    )
+    a.add_argument("--rrdb", help="RRDB-count sweep (Fig. 8), e.g. 1,3,5,10: one variant per value")
+    a.add_argument("--T", help="diffusion-steps sweep (Fig. 9), e.g. 25,50,100: one variant per value")
+    length = a.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="optimizer steps per variant")
+    length.add_argument("--minutes", type=float, help="training time budget per variant (train.budget_minutes)")
+    a.add_argument("--split", default="test", help="the folder of --data to predict and score (default test)")
+    a.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides for every variant")
+    a.add_argument("--seed", type=int, default=0, help="training seed and prediction noise seed of every variant")
+    a.add_argument("--generations", type=int, default=9, help="generations averaged per image (paper: 9)")
+    a.add_argument("--sampling-steps", type=int, help="sampling chain length K (default: the preset's)")
+    a.add_argument("--weights", default="best", choices=["best", "ema", "raw"])
+    a.add_argument("--figure-images", type=int, default=4, help="images (rows) in fig7_variants.png")
+    a.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available)")
+    a.add_argument("--quiet", action="store_true")
+    a.set_defaults(func=_run_ablation)

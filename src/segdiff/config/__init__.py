@@ -22,6 +22,8 @@ from .choices import (
     AMP_MODES,
     BLENDS,
     COMPILE_MODES,
+    CONDITIONINGS,
+    ENCODERS,
     LR_SCHEDULES,
     PREDICT_MODES,
     PREDICTIONS,
@@ -44,6 +46,7 @@ from .schema import (
     PredictConfig,
     RunConfig,
     TrainConfig,
+    VolumeConfig,
     chain_length,
 )
 
@@ -51,6 +54,8 @@ __all__ = [
     "AMP_MODES",
     "BLENDS",
     "COMPILE_MODES",
+    "CONDITIONINGS",
+    "ENCODERS",
     "LR_SCHEDULES",
     "OLD_KEYS",
     "PAPER_PRESETS",
@@ -72,6 +77,7 @@ __all__ = [
     "PredictConfig",
     "RunConfig",
     "TrainConfig",
+    "VolumeConfig",
     "apply_overrides",
     "chain_length",
     "field_keys",

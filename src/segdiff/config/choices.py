@@ -21,5 +21,8 @@ COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune")
 SCHEDULES = ("scaled", "paper")  # diffusion.schedule.linear_betas
 TIME_EMBEDDINGS = ("sinusoidal", "learned")  # model.embeddings
 PREDICTIONS = ("eps", "x0", "onepass")  # diffusion.gaussian.training_loss, predict.ensemble
+# model.conditioning, how x_t and I meet: the method and the ablation variants of paper section 5 (model.fusion)
+CONDITIONINGS = ("sum", "concat", "image", "inject")
+ENCODERS = ("rrdb", "hardnet")  # model.encoder: G (model.fusion.build_encoder)
 LR_SCHEDULES = ("constant", "cosine", "linear")  # train.schedule.learning_rate
 T_SAMPLINGS = ("uniform", "high_noise")  # diffusion.schedule.sample_timestep

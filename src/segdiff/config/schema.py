@@ -14,6 +14,8 @@ from .choices import (
     AMP_MODES,
     BLENDS,
     COMPILE_MODES,
+    CONDITIONINGS,
+    ENCODERS,
     LR_SCHEDULES,
     PREDICT_MODES,
     PREDICTIONS,
@@ -79,6 +81,13 @@ class ModelConfig:
     # "onepass" (NOT diffusion: the baseline segmenter, logits = net(x_t = 0, t = 0, G(I)), BCE + soft Dice,
     # one deterministic map per image; see docs/results.md).
     prediction: str = "eps"
+    # The ablation of paper section 5 (Table 4; model/fusion.py, docs/ablation.md). conditioning: "sum" (the
+    # method, F(x_t) + G(I)), "concat" (variant one, [F(x_t), G(I)]), "image" (variant three: no encoder, I
+    # concatenated to x_t), "inject" (variants four to six: G(I) added after E's inject_after-th downsampling
+    # block, by stride-2 convs). encoder: G, "rrdb" (the method) or "hardnet" (variant two, FC-HarDNet-70).
+    conditioning: str = "sum"
+    encoder: str = "rrdb"
+    inject_after: int = 1
 
     @property
     def stride(self) -> int:
@@ -96,6 +105,16 @@ class ModelConfig:
         _check(0 <= self.dropout < 1, prefix + "dropout", self.dropout, "must be in [0, 1)")
         _one_of(self, prefix, "time_embedding", TIME_EMBEDDINGS)
         _one_of(self, prefix, "prediction", PREDICTIONS)
+        _one_of(self, prefix, "conditioning", CONDITIONINGS)
+        _one_of(self, prefix, "encoder", ENCODERS)
+        if self.conditioning == "inject":
+            downs = len(self.channel_mult) - 1
+            _check(
+                1 <= self.inject_after <= downs,
+                prefix + "inject_after",
+                self.inject_after,
+                f"must be between 1 and the network's {downs} downsampling blocks (one fewer than model.channel_mult)",
+            )
         # attention levels (and the middle block, at the last level) split their channels over the heads
         ds_of_level = [2**i for i in range(len(self.channel_mult))]
         for ds, mult in zip(ds_of_level, self.channel_mult):

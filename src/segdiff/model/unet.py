@@ -8,7 +8,7 @@ from torch import nn
 from ..config import ModelConfig
 from .blocks import Attention, Downsample, ResBlock, TimestepSequential, Upsample, group_norm, zero_module
 from .embeddings import TimeEmbedding
-from .rrdb import RRDBEncoder
+from .fusion import Injector, add_per_image, build_encoder, combine, e_in_channels, f_in_channels
 
 
 class SegDiffUNet(nn.Module):
@@ -27,11 +27,14 @@ class SegDiffUNet(nn.Module):
         C, groups = cfg.model_channels, cfg.norm_groups
         emb_dim = 4 * C
         self.time_embed = TimeEmbedding(C, cfg.time_embedding, num_timesteps)
-        self.F = nn.Conv2d(cfg.mask_channels, C, 3, padding=1)
-        self.G = RRDBEncoder(cfg.image_channels, C, cfg.rrdb_blocks, cfg.rrdb_nf, cfg.rrdb_gc)
+        # how x_t and I meet: the method or an ablation variant (model/fusion.py, cfg.conditioning)
+        self.F = nn.Conv2d(f_in_channels(cfg), C, 3, padding=1)
+        self.G = build_encoder(cfg)  # None for the no-encoder variant
+        # variants four to six: G(I) joins after E's inject_after-th downsampling block (index in self.encoder)
+        self.inject = Injector(cfg) if cfg.conditioning == "inject" else None
 
         self.encoder = nn.ModuleList()  # E, after F + G, which is the first skip
-        skip_chs, ch, ds = [C], C, 1
+        skip_chs, ch, ds = [e_in_channels(cfg)], e_in_channels(cfg), 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
                 layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * C, cfg.dropout, groups)]
@@ -65,10 +68,14 @@ class SegDiffUNet(nn.Module):
         self.out = nn.Sequential(
             group_norm(ch, groups), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.mask_channels, 3, padding=1))
         )
+        downs = [i for i, block in enumerate(self.encoder) if isinstance(block[0], Downsample)]
+        self.inject_index = downs[cfg.inject_after - 1] if self.inject is not None else None
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """G(I): [B, image_channels, H, W] normalised image -> cond [B, C, H, W]."""
-        return self.G(image)
+        """G(I): [B, image_channels, H, W] normalised image -> cond [B, C, H, W] (what depends on the image
+        alone, per variant: model/fusion.py)."""
+        cond = image if self.G is None else self.G(image)
+        return cond if self.inject is None else self.inject(cond)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """[N, M, H, W] x_t, [N] timesteps (original 0..T-1), cond [N or B, C, H, W] -> eps [N, M, H, W]."""
@@ -77,16 +84,13 @@ class SegDiffUNet(nn.Module):
         if h % s or w % s:
             raise ValueError(f"input {h}x{w} is not a multiple of the network stride {s}; pad it first")
         emb = self.time_embed(t)
-        fx = self.F(x_t)
-        if cond.shape[0] != n:  # generations of the same image share one G(I)
-            b = cond.shape[0]
-            h0 = (fx.view(b, n // b, *fx.shape[1:]) + cond.to(fx.dtype)[:, None]).view_as(fx)
-        else:
-            h0 = fx + cond.to(fx.dtype)
+        h0 = combine(self.cfg, self.F, x_t, cond)  # generations of the same image share one cond row
         hs = [h0]
         h = h0
-        for block in self.encoder:
+        for i, block in enumerate(self.encoder):
             h = block(h, emb)
+            if i == self.inject_index:
+                h = add_per_image(h, cond)
             hs.append(h)
         h = self.middle(h, emb)
         for block in self.decoder:
