@@ -19,7 +19,8 @@ from .checkpoint import state_dict_cpu, write_files
 from .config import PredictConfig, RunConfig, preset
 from .devices import default_device
 from .diffusion import training_loss
-from .predict.predictor import Prediction, Predictor, build_network
+from .model import build_network
+from .predict.predictor import Prediction, Predictor
 
 __all__ = ["Prediction", "Predictor", "SegDiff"]
 

@@ -27,7 +27,7 @@ from ..devices import default_device
 from ..diffusion import Schedule, make_schedule
 from ..errors import CheckpointError, UserError
 from ..memory import check_prediction
-from ..model import SegDiffUNet
+from ..model import build_network
 from . import compiling
 from .ensemble import network_calls, pad_to_stride, sample_x0, summarise, summarise_classes
 from .tiling import Stitcher, blend_weight, windows
@@ -54,11 +54,6 @@ class Prediction:
     @property
     def label(self) -> torch.Tensor:
         return self.mask
-
-
-def build_network(config: RunConfig, device: torch.device | str | None = None) -> SegDiffUNet:
-    """A network of the run's architecture (fresh weights) on `device`."""
-    return SegDiffUNet(config.model, config.diffusion.steps).to(default_device(device))
 
 
 def image_batch(image, channels: int, device: torch.device) -> torch.Tensor:
