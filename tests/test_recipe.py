@@ -166,6 +166,21 @@ def test_timestep_weighting_distribution():
     ]
 
 
+@pytest.mark.parametrize("kind", ["uniform", "high_noise"])
+def test_the_api_loss_draws_t_as_the_run_trains(kind, monkeypatch):
+    """Issue 19, bug 5: SegDiff.loss ("for your own loop") drew t uniformly whatever train.t_sampling said."""
+    import segdiff.api
+
+    seen = []
+    monkeypatch.setattr(segdiff.api, "training_loss", lambda net, x0, cond, t, *a: seen.append(t) or t.float().mean())
+    model = SegDiff(tiny_config(t_sampling=kind), "cpu")
+    n, T = 4000, model.config.diffusion.steps
+    g = torch.Generator().manual_seed(0)
+    model.loss(torch.rand(n, 3, 8, 8, generator=g), torch.zeros(n, 1, 8, 8), generator=g)
+    counts = np.bincount(seen[0].cpu().numpy(), minlength=T)
+    assert len(counts) == T and np.abs(counts / n - timestep_probabilities(T, kind)).max() < 0.02
+
+
 def test_selection_rule_cheapest_within_half_a_point():
     rows = [
         {"name": "a", "iou": 70.0, "cost_s": 100.0},

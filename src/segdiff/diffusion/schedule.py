@@ -120,7 +120,7 @@ def make_schedule(T: int = 100, kind: str = "scaled") -> Schedule:
 T_SAMPLINGS = ("uniform", "high_noise")
 
 
-def sample_timestep(T: int, kind: str, generator: torch.Generator) -> int:
+def sample_timestep(T: int, kind: str, generator: torch.Generator | None) -> int:
     """One training timestep index in 0..T-1.
 
     "uniform": Algorithm 2's t ~ U{0..T-1}. "high_noise": t = floor(T * sqrt(u)), u ~ U[0, 1), so
