@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,7 +98,9 @@ def network_bytes(config: RunConfig, n: int, h: int, w: int, elem: int, train: b
     attention = max(8 * n * lv.channels * size(lv.ds) * elem for lv in lay.attention)
     act = [n * lv.channels * size(lv.ds) * elem for lv in lay.skips]
     kept = sum(act) * (2 if train else 1)  # the decoder's skips (training: and every block's input for backward)
-    working = 6 * max(act)  # a block's concatenation, norm, activation, convolution outputs
+    # a block's concatenation, norm, activation, convolution outputs, and the allocator's slack; measured
+    # with attention on the fused kernel (CPU, tiny preset, pad, 128-512 px, 1 and 10 generations)
+    working = 12 * max(act)
     if train:  # every attention layer's and every layer's outputs are kept for the backward pass
         attention *= len(lay.attention)
         working *= 2 * (m.num_res_blocks + 2) * len(m.channel_mult)
@@ -111,7 +115,7 @@ def predict_bytes(config: RunConfig, n_images: int, n: int, h: int, w: int, devi
     # G(I): its output for every image, and the dense blocks' growing concatenation while it runs
     cond = n_images * h * w * 4 * (m.model_channels + 2 * (m.rrdb_nf + 4 * m.rrdb_gc))
     params = _param_count(config) * 4
-    # measured on the CPU (tiny preset, pad, 128-256 px): the terms come to 0.8-1.0 of the peak: 15 % margin
+    # 15 % margin: measured peaks (CPU, tiny preset, pad, 128-512 px, 1 and 10 generations) came to 0.8-1.0 of it
     net["total"] = 1.15 * (net["attention"] + net["activations"] + cond) + params
     return net
 
@@ -126,31 +130,31 @@ def _param_count(config: RunConfig) -> int:
     return _PARAMS[key]
 
 
-def check_prediction(config: RunConfig, mode: str, B: int, H: int, W: int, opts, device: torch.device):
-    """Refuse a prediction that cannot fit (UserError with the estimate and the ways out), or lower
-    opts.batch_generations until it fits (with a warning); returns the options to use."""
+def check_prediction(
+    config: RunConfig,
+    opts,
+    shape: tuple[int, int],
+    device: torch.device,
+    network_batch: Callable[[Any], tuple[tuple[int, int], int, int]],
+):
+    """Refuse a prediction of an image of `shape` (H, W) that cannot fit (UserError with the estimate and the
+    ways out), or lower opts.batch_generations until it fits (with a warning); returns the options to use.
+
+    network_batch(opts) -> ((h, w), images, rows): one network call of the prediction under `opts`, as the
+    predictor makes it (Predictor.network_batch: the input size after resizing, tiling or padding, the
+    images or windows whose G(I) it holds, and its rows of images x generations)."""
     import dataclasses
     import warnings
 
     avail = available_bytes(device)
     if avail is None:
         return opts
-    d, stride = config.data, config.model.stride
-    G = opts.generations
+    H, W = shape
+    mode, size = opts.mode, config.data.size
 
     def need(bg: int) -> dict[str, float]:
-        if mode == "resize":
-            h = w = d.size
-            images = B
-        elif mode == "tile" and (H > d.size or W > d.size):
-            h = w = d.size
-            images = max(1, bg // max(1, G))  # windows per network call
-        else:
-            h, w = -(-H // stride) * stride, -(-W // stride) * stride
-            images = B
-        # sample_x0's chunks: the generations of one image split by bg, or whole images, bg // G at a time
-        n = bg if G >= bg else min(images, bg // G) * G
-        return predict_bytes(config, images, n, h, w, device)
+        (h, w), images, rows = network_batch(dataclasses.replace(opts, batch_generations=bg))
+        return predict_bytes(config, images, rows, h, w, device)
 
     est = need(opts.batch_generations)
     if est["total"] <= avail:
@@ -168,14 +172,14 @@ def check_prediction(config: RunConfig, mode: str, B: int, H: int, W: int, opts,
         return dataclasses.replace(opts, batch_generations=bg)
     one = need(1)
     ways = []
-    if mode != "tile" and max(H, W) > d.size:
-        ways.append(f"--mode tile (windows of the training size {d.size})")
+    if mode != "tile" and max(H, W) > size:
+        ways.append(f"--mode tile (windows of the training size {size})")
     if mode == "pad":
         ways.append("--mode resize")
     ways.append("a smaller image" if mode != "resize" else "a smaller model")
     raise UserError(
         f"predicting a {W}x{H} image in mode {mode!r} needs about {fmt(one['total'])} even one generation at a "
-        f"time (attention over {int(one['positions'])} positions: {fmt(one['attention'])}), more than the "
+        f"time (activations {fmt(one['activations'])}, attention over {int(one['positions'])} positions), more than the "
         f"{fmt(avail)} available on {device}; use {' or '.join(ways)}"
     )
 

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from ..config import COMPILE_MODES, PredictConfig
 from ..diffusion import sample
@@ -197,13 +196,3 @@ def summarise_classes(x0: torch.Tensor) -> dict[str, torch.Tensor]:
     entropy = -(prob * prob.clamp(min=1e-12).log()).sum(dim=-3)
     disagreement = (q.argmax(dim=-3) != label.unsqueeze(-3)).float().mean(dim=-3)
     return {"prob": prob, "label": label, "entropy": entropy, "disagreement": disagreement, "samples": q}
-
-
-def pad_to_stride(image: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad [B, C, H, W] at the bottom and right to multiples of stride; returns the original (H, W)."""
-    h, w = image.shape[-2:]
-    ph, pw = (-h) % stride, (-w) % stride
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        image = F.pad(image, (0, pw, 0, ph), mode=mode)
-    return image, (h, w)
