@@ -123,9 +123,9 @@ def test_layout_matches_the_network_it_builds():
     and resolution as the forward pass produces them, for the tiny preset and the test model."""
     for cfg in (preset("tiny"), tiny_config()):
         net = build_network(cfg, "cpu").eval()
-        shapes = []
+        shapes: list[tuple[int, ...]] = []
         for block in net.encoder:
-            block.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape[1:])))
+            block.register_forward_hook(lambda mod, args, out, shapes=shapes: shapes.append(tuple(out.shape[1:])))
         H = 4 * cfg.model.stride
         with torch.no_grad():
             net(torch.randn(1, 1, H, H), torch.tensor([0]), net.encode_image(torch.randn(1, 3, H, H)))

@@ -179,8 +179,8 @@ def check_prediction(
     ways.append("a smaller image" if mode != "resize" else "a smaller model")
     raise UserError(
         f"predicting a {W}x{H} image in mode {mode!r} needs about {fmt(one['total'])} even one generation at a "
-        f"time (activations {fmt(one['activations'])}, attention over {int(one['positions'])} positions), more than the "
-        f"{fmt(avail)} available on {device}; use {' or '.join(ways)}"
+        f"time (activations {fmt(one['activations'])}, attention over {int(one['positions'])} positions), more "
+        f"than the {fmt(avail)} available on {device}; use {' or '.join(ways)}"
     )
 
 

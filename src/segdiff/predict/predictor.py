@@ -176,7 +176,9 @@ class Predictor:
             return (size, size), len(windows(h, w, size, opts.tile_stride or size))
         return (padded(H, stride), padded(W, stride)), 1
 
-    def network_batch(self, shape: tuple[int, int], batch: int, opts: PredictConfig) -> tuple[tuple[int, int], int, int]:
+    def network_batch(
+        self, shape: tuple[int, int], batch: int, opts: PredictConfig
+    ) -> tuple[tuple[int, int], int, int]:
         """One network call for `batch` images of `shape` (H, W) under `opts`: its input size (h, w), the
         images or windows whose G(I) it holds, and its rows (images x generations; `compiling.chunk_rows`).
         What the memory check (segdiff.memory.check_prediction) estimates."""
