@@ -116,7 +116,7 @@ def sample_x0(
 
 def network_calls(batch: int, opts: PredictConfig, T: int) -> int:
     """How many network calls `sample_x0` makes for `batch` images under `opts` with a model of T diffusion steps."""
-    return opts.steps_for(T) * len(list(generation_chunks(batch, opts.generations, max(1, opts.batch_generations))))
+    return compiling.calls_for(batch, opts.generations, opts.batch_generations, opts.steps_for(T))
 
 
 def output_kind(net) -> str:
