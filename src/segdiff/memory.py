@@ -115,7 +115,7 @@ def predict_bytes(config: RunConfig, n_images: int, n: int, h: int, w: int, devi
     # G(I): its output for every image, and the dense blocks' growing concatenation while it runs
     cond = n_images * h * w * 4 * (m.model_channels + 2 * (m.rrdb_nf + 4 * m.rrdb_gc))
     params = _param_count(config) * 4
-    # 15 % margin: measured peaks (CPU, tiny preset, pad, 128-512 px, 1 and 10 generations) came to 0.8-1.0 of it
+    # 15 % margin: measured peaks (CPU, tiny preset, pad, 128-512 px, 1 and 10 generations) came to 0.7-0.9 of it
     net["total"] = 1.15 * (net["attention"] + net["activations"] + cond) + params
     return net
 
