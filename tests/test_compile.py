@@ -352,3 +352,15 @@ def test_compile_probe_runs_in_fresh_processes(tmp_path):
         assert "error" not in r, r
         assert r["preset"] == "tiny" and r["rows"] == 2 and r["first_call_s"] > 0
         assert r["start_to_first_call_done_s"] >= r["ready_s"] > 0 and r["process_wall_s"] > r["ready_s"]
+
+
+def test_calls_for_counts_the_chunks_sample_x0_makes():
+    """One formula for the number of network calls (compile decisions, progress bars): the chunks of
+    generation_chunks, for every split of images x generations over the network batch."""
+    from segdiff.predict.ensemble import generation_chunks
+
+    for B in (1, 2, 3, 7):
+        for G in (1, 2, 3, 8, 30):
+            for bg in (1, 2, 4, 16, 30, 64):
+                chunks = len(list(generation_chunks(B, G, bg)))
+                assert compiling.calls_for(B, G, bg, 5) == 5 * chunks, (B, G, bg)

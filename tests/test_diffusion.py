@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,80 @@ def test_samplers_recover_a_known_x0(name):
     noise = _noise(2)
     out = sample(name, eps_exact, noise.randn((1, 2, 2), "cpu"), s, noise, sampling_steps=10)
     torch.testing.assert_close(out, target, rtol=0, atol=1e-3 if name != "ddpm" else 0.05)
+
+
+# -- the exact oracle over every chain length (issue 19, bug 1) -------------------------------------------
+
+TARGET = torch.tensor([-1.0, 1.0, 0.6, -0.3]).view(1, 1, 2, 2)
+
+
+class _Oracle(torch.nn.Module):
+    """A perfect network for the fixed x0 TARGET: given x_t and the original timestep t it outputs the exact
+    eps of eq. 5 (prediction "eps") or TARGET itself (prediction "x0"). cond is the image, unused."""
+
+    def __init__(self, sched, prediction: str):
+        super().__init__()
+        self.sched, self.cfg = sched, SimpleNamespace(mask_channels=1, prediction=prediction)
+
+    def encode_image(self, image):
+        return image
+
+    def forward(self, x, t, cond):
+        if self.cfg.prediction == "x0":
+            return TARGET.expand_as(x)
+        ab = self.sched.alpha_bar[t].view(-1, 1, 1, 1)  # float64: the oracle adds no rounding of its own
+        return ((x.double() - ab.sqrt() * TARGET.double()) / (1 - ab).sqrt()).float()
+
+
+@pytest.mark.parametrize("kind", ["scaled", "paper"])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++"])
+@pytest.mark.parametrize("prediction", ["eps", "x0"])
+def test_an_exact_oracle_recovers_x0_at_every_chain_length(kind, name, prediction):
+    """Every K in 1..T, through the prediction path (sample_x0: respacing, an x0 network's eps of eq. 5).
+    The 0.999 cap that respace once put on its betas shrank the eps oracle's x0 to 0.14 x at K = 1."""
+    from segdiff.config import PredictConfig
+    from segdiff.predict.ensemble import sample_x0
+
+    T = 100
+    s = make_schedule(T, kind)
+    net = _Oracle(s, prediction)
+    image = torch.zeros(1, 1, 2, 2)
+    worst = {}
+    for K in range(1, T + 1):
+        opts = PredictConfig(generations=2, sampling_steps=K, sampler=name, clip_x0=False, compile="off", eta=1.0)
+        out = sample_x0(net, s, image, [0], opts)  # [1, 2 generations, 2, 2]
+        worst[K] = float((out - TARGET[0]).abs().max())
+    bad = {K: round(e, 4) for K, e in worst.items() if e > 1e-4}
+    assert not bad, f"x0 not recovered at these chain lengths K (max error): {bad}"
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++"])
+def test_the_eps_oracle_through_sample_at_every_chain_length(name):
+    """The samplers' own entry point (`sample`, which respaces), eps models, every K in 1..T."""
+    s = make_schedule(100)
+    oracle = _Oracle(s, "eps")
+    for K in range(1, 101):
+        noise = _noise(2)
+        out = sample(name, lambda x, t: oracle(x, t, None), noise.randn((1, 2, 2), "cpu"), s, noise, K, clip_x0=False)
+        torch.testing.assert_close(out, TARGET.expand_as(out), rtol=0, atol=1e-4, msg=f"K = {K}")
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 10, 30])
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm++"])
+def test_tiny_T_chains_whose_betas_linear_betas_caps(T, name):
+    """Below T = 50 the scaled betas are capped at 0.999 (linear_betas), so alpha_bar_T falls to ~1e-17 at
+    T = 10: x_T then carries less signal than float32 resolves, and one step from x_T cannot recover x0.
+    Every respaced chain still has alphas in (0, 1) and the original alpha_bar at its steps (beta' = 1 - 1e-17
+    rounds to 1.0: the chain keeps its alphas, not 1 - beta', else alpha_bar is 0), sampling stays
+    finite and clipped, and from K = 2 on the oracle's x0 comes back exactly (its last steps see x0)."""
+    s = make_schedule(T)
+    oracle = _Oracle(s, "eps")
+    for K in range(1, T + 1):
+        chain = s.respace(K)
+        assert ((chain.alphas > 0) & (chain.alphas < 1)).all() and (chain.alpha_bar > 0).all()
+        torch.testing.assert_close(chain.alpha_bar, s.alpha_bar[chain.timesteps], rtol=1e-12, atol=0)
+        noise = _noise(2)
+        out = sample(name, lambda x, t: oracle(x, t, None), noise.randn((1, 2, 2), "cpu"), s, noise, K)
+        assert torch.isfinite(out).all() and out.abs().max() <= 1
+        if K >= 2 or float(s.alpha_bar[-1]) > 1e-6:
+            torch.testing.assert_close(out, TARGET.expand_as(out), rtol=0, atol=1e-4, msg=f"T = {T}, K = {K}")

@@ -138,7 +138,9 @@ class _PerfectX0(torch.nn.Module):
 def test_perfect_x0_predictor_makes_every_sampler_return_x0(sampler, steps):
     g = torch.Generator().manual_seed(0)
     x0 = (torch.rand(1, 1, 8, 8, generator=g) > 0.5).float() * 2 - 1
-    sched = make_schedule(20)
+    # T = 100 as in the presets: at T = 20 the capped betas leave alpha_bar_T = 5.6e-11, and one step from x_T
+    # (K = 1) cannot return x0 to 1e-4 in float32 (x0 = x_T / sqrt(alpha_bar) - ..., terms of ~1e5)
+    sched = make_schedule(100)
     opts = PredictConfig(generations=3, sampling_steps=steps, sampler=sampler, variance="small")
     out = sample_x0(_PerfectX0(x0), sched, torch.zeros(1, 3, 8, 8), [0], opts)
     torch.testing.assert_close(out, x0[:, 0].expand(1, 3, 8, 8), atol=1e-4, rtol=0)
@@ -172,6 +174,21 @@ def test_timestep_weighting_distribution():
     assert [sample_timestep(T, "uniform", g1) for _ in range(50)] == [
         int(torch.randint(T, (), generator=g2)) for _ in range(50)
     ]
+
+
+@pytest.mark.parametrize("kind", ["uniform", "high_noise"])
+def test_the_api_loss_draws_t_as_the_run_trains(kind, monkeypatch):
+    """Issue 19, bug 5: SegDiff.loss ("for your own loop") drew t uniformly whatever train.t_sampling said."""
+    import segdiff.api
+
+    seen = []
+    monkeypatch.setattr(segdiff.api, "training_loss", lambda net, x0, cond, t, *a: seen.append(t) or t.float().mean())
+    model = SegDiff(tiny_config(t_sampling=kind), "cpu")
+    n, T = 4000, model.config.diffusion.steps
+    g = torch.Generator().manual_seed(0)
+    model.loss(torch.rand(n, 3, 8, 8, generator=g), torch.zeros(n, 1, 8, 8), generator=g)
+    counts = np.bincount(seen[0].cpu().numpy(), minlength=T)
+    assert len(counts) == T and np.abs(counts / n - timestep_probabilities(T, kind)).max() < 0.02
 
 
 def test_selection_rule_cheapest_within_half_a_point():

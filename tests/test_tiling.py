@@ -8,8 +8,8 @@ import torch
 
 from conftest import stitch, tiny_config
 from segdiff.api import SegDiff
-from segdiff.predict.ensemble import pad_to_stride, sample_x0
-from segdiff.predict.tiling import blend_weight, window_starts, windows
+from segdiff.predict.ensemble import sample_x0
+from segdiff.predict.tiling import blend_weight, pad_to_stride, window_starts, windows
 
 TILE = 16
 OPTS = {"generations": 3, "steps": 3}

@@ -148,7 +148,8 @@ def test_foreground_slices_oversampled_and_empty_slices_still_seen(dataset):
 
 # -- predict and evaluate -----------------------------------------------------------------------------
 def untrained(dataset):
-    from segdiff.predict.predictor import Predictor, build_network
+    from segdiff.model import build_network
+    from segdiff.predict.predictor import Predictor
 
     ds, cases = list_cases(dataset)
     cfg = with_volume_shape(small_config(), ds, cases, 0)

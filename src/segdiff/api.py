@@ -19,7 +19,9 @@ from .checkpoint import state_dict_cpu, write_files
 from .config import PredictConfig, RunConfig, preset
 from .devices import default_device
 from .diffusion import training_loss
-from .predict.predictor import Prediction, Predictor, build_network
+from .diffusion.schedule import sample_timestep
+from .model import build_network
+from .predict.predictor import Prediction, Predictor
 
 __all__ = ["Prediction", "Predictor", "SegDiff"]
 
@@ -67,7 +69,9 @@ class SegDiff:
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Eq. 18 for a batch: image [B, C, H, W] in [0, 1], mask [B, 1, H, W] (or [B, H, W]) binary; for a
-        K-class model the mask holds class indices 0..K-1 (any other value, e.g. 255, is ignored)."""
+        K-class model the mask holds class indices 0..K-1 (any other value, e.g. 255, is ignored).
+        t [B] (default: drawn by the run's `train.t_sampling`, as `segdiff train` draws them) and eps (default:
+        standard normal) from `generator` when given."""
         image = self.predictor.image_batch(image)
         mask = torch.as_tensor(mask, device=self.device)
         if mask.dim() == 3:
@@ -82,8 +86,9 @@ class SegDiff:
         else:
             x0 = (mask.float() > 0.5).float() * 2 - 1
         n = x0.shape[0]
-        if t is None:
-            t = torch.randint(len(self.schedule), (n,), generator=generator).to(self.device)
+        if t is None:  # drawn as the training loop draws them: train.t_sampling (uniform or high_noise)
+            T, kind = len(self.schedule), self.config.train.t_sampling
+            t = torch.tensor([sample_timestep(T, kind, generator) for _ in range(n)], device=self.device)
         if eps is None:
             eps = torch.randn(x0.shape, generator=generator).to(self.device)
         cond = self.net.encode_image(self.normalize(image))

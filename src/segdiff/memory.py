@@ -1,12 +1,11 @@
 """Memory a prediction or training batch needs, estimated from the config and the input size before any
 work starts, and the memory available to it.
 
-The dominant term for large inputs is self-attention: the network's attention runs on PyTorch's
-`scaled_dot_product_attention` with q, k, v whose last dimension is not contiguous, which takes the
-math path (measured on the CPU: 17.4 GB for one [4 heads, 22500 positions] call; a fused kernel on
-contiguous inputs needs 17 MB), so each call holds about 2 x N x heads x L^2 scores (L = positions at
-the attention level). Activations (the skip connections the decoder keeps, the working tensors of a
-block) and G(I) are added. The estimate is checked against `available_bytes()`: CUDA free memory
+The terms: activations (the skip connections the decoder keeps, the working tensors of a block), the
+attention layers' working tensors and G(I). Attention runs on a fused `scaled_dot_product_attention`
+kernel (q, k, v contiguous in their last dimension: segdiff.model.blocks.Attention), whose memory grows
+with the positions L, not L^2 (measured on the CPU: 17 MB for one [4 heads, 22500 positions] call, where
+the math kernel held 17.4 GB of scores). The estimate is checked against `available_bytes()`: CUDA free memory
 (plus what PyTorch's allocator holds unused), or on the CPU MemAvailable of /proc/meminfo and the
 cgroup limit; the environment variable SEGDIFF_MAX_MEMORY (e.g. "8G") lowers it.
 """
@@ -15,12 +14,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .config import RunConfig
 from .errors import UserError
+from .model import build_network, layout
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -79,32 +81,28 @@ def available_bytes(device: torch.device) -> int | None:
     return avail
 
 
-def _levels(config: RunConfig):
-    """(downsampling factor, channels, attention?) of every block output the U-Net keeps as a skip."""
-    m = config.model
-    out, ds, ch = [(1, m.model_channels, False)], 1, m.model_channels
-    for level, mult in enumerate(m.channel_mult):
-        for _ in range(m.num_res_blocks):
-            ch = mult * m.model_channels
-            out.append((ds, ch, ds in m.attention_ds))
-        if level != len(m.channel_mult) - 1:
-            out.append((ds * 2, ch, False))
-            ds *= 2
-    return out, ds, ch
-
-
 def network_bytes(config: RunConfig, n: int, h: int, w: int, elem: int, train: bool = False) -> dict[str, float]:
-    """Peak memory of one call of the noise predictor on n inputs of h x w (padded to the stride)."""
+    """Peak memory of one call of the noise predictor on n inputs of h x w (padded to the stride).
+
+    The level layout is the model's own (segdiff.model.layout). Attention runs on a fused kernel, which
+    never holds the [L, L] scores: an attention layer holds its [N, L, 3C] q, k, v, the heads' output and
+    the projection's, and the kernel's per-thread blocks (a few MB), about 8 x N x C x L elements.
+    """
     m = config.model
-    skips, ds_max, ch_mid = _levels(config)
-    att = [(ds, ch) for ds, ch, a in skips if a] + [(ds_max, ch_mid)]  # + the middle block's
-    positions = max(math.ceil(h / ds) * math.ceil(w / ds) for ds, _ in att)
-    attention = 2 * n * m.num_heads * positions**2 * elem  # scores and their softmax
-    act = [n * ch * math.ceil(h / ds) * math.ceil(w / ds) * elem for ds, ch, _ in skips]
+    lay = layout(m)
+
+    def size(ds: int) -> int:
+        return math.ceil(h / ds) * math.ceil(w / ds)
+
+    positions = max(size(lv.ds) for lv in lay.attention)
+    attention = max(8 * n * lv.channels * size(lv.ds) * elem for lv in lay.attention)
+    act = [n * lv.channels * size(lv.ds) * elem for lv in lay.skips]
     kept = sum(act) * (2 if train else 1)  # the decoder's skips (training: and every block's input for backward)
-    working = 6 * max(act)  # a block's concatenation, norm, activation, convolution outputs
-    if train:  # attention scores and every layer's outputs are kept for the backward pass
-        attention *= 1 + len(att)
+    # a block's concatenation, norm, activation, convolution outputs, and the allocator's slack; measured
+    # with attention on the fused kernel (CPU, tiny preset, pad, 128-512 px, 1 and 10 generations)
+    working = 12 * max(act)
+    if train:  # every attention layer's and every layer's outputs are kept for the backward pass
+        attention *= len(lay.attention)
         working *= 2 * (m.num_res_blocks + 2) * len(m.channel_mult)
     return {"attention": attention, "activations": kept + working, "positions": positions}
 
@@ -117,7 +115,7 @@ def predict_bytes(config: RunConfig, n_images: int, n: int, h: int, w: int, devi
     # G(I): its output for every image, and the dense blocks' growing concatenation while it runs
     cond = n_images * h * w * 4 * (m.model_channels + 2 * (m.rrdb_nf + 4 * m.rrdb_gc))
     params = _param_count(config) * 4
-    # measured on the CPU (tiny preset, pad, 128-256 px): the terms come to 0.8-1.0 of the peak: 15 % margin
+    # 15 % margin: measured peaks (CPU, tiny preset, pad, 128-512 px, 1 and 10 generations) came to 0.7-0.9 of it
     net["total"] = 1.15 * (net["attention"] + net["activations"] + cond) + params
     return net
 
@@ -127,39 +125,36 @@ _PARAMS: dict[str, int] = {}
 
 def _param_count(config: RunConfig) -> int:
     key = repr((config.model, config.diffusion.steps))
-    if key not in _PARAMS:
-        from .model import SegDiffUNet
-
-        with torch.device("meta"):  # shapes only, no memory
-            _PARAMS[key] = sum(p.numel() for p in SegDiffUNet(config.model, config.diffusion.steps).parameters())
+    if key not in _PARAMS:  # built on "meta": shapes only, no memory
+        _PARAMS[key] = sum(p.numel() for p in build_network(config, "meta").parameters())
     return _PARAMS[key]
 
 
-def check_prediction(config: RunConfig, mode: str, B: int, H: int, W: int, opts, device: torch.device):
-    """Refuse a prediction that cannot fit (UserError with the estimate and the ways out), or lower
-    opts.batch_generations until it fits (with a warning); returns the options to use."""
+def check_prediction(
+    config: RunConfig,
+    opts,
+    shape: tuple[int, int],
+    device: torch.device,
+    network_batch: Callable[[Any], tuple[tuple[int, int], int, int]],
+):
+    """Refuse a prediction of an image of `shape` (H, W) that cannot fit (UserError with the estimate and the
+    ways out), or lower opts.batch_generations until it fits (with a warning); returns the options to use.
+
+    network_batch(opts) -> ((h, w), images, rows): one network call of the prediction under `opts`, as the
+    predictor makes it (Predictor.network_batch: the input size after resizing, tiling or padding, the
+    images or windows whose G(I) it holds, and its rows of images x generations)."""
     import dataclasses
     import warnings
 
     avail = available_bytes(device)
     if avail is None:
         return opts
-    d, stride = config.data, config.model.stride
-    G = opts.generations
+    H, W = shape
+    mode, size = opts.mode, config.data.size
 
     def need(bg: int) -> dict[str, float]:
-        if mode == "resize":
-            h = w = d.size
-            images = B
-        elif mode == "tile" and (H > d.size or W > d.size):
-            h = w = d.size
-            images = max(1, bg // max(1, G))  # windows per network call
-        else:
-            h, w = -(-H // stride) * stride, -(-W // stride) * stride
-            images = B
-        # sample_x0's chunks: the generations of one image split by bg, or whole images, bg // G at a time
-        n = bg if G >= bg else min(images, bg // G) * G
-        return predict_bytes(config, images, n, h, w, device)
+        (h, w), images, rows = network_batch(dataclasses.replace(opts, batch_generations=bg))
+        return predict_bytes(config, images, rows, h, w, device)
 
     est = need(opts.batch_generations)
     if est["total"] <= avail:
@@ -177,15 +172,15 @@ def check_prediction(config: RunConfig, mode: str, B: int, H: int, W: int, opts,
         return dataclasses.replace(opts, batch_generations=bg)
     one = need(1)
     ways = []
-    if mode != "tile" and max(H, W) > d.size:
-        ways.append(f"--mode tile (windows of the training size {d.size})")
+    if mode != "tile" and max(H, W) > size:
+        ways.append(f"--mode tile (windows of the training size {size})")
     if mode == "pad":
         ways.append("--mode resize")
     ways.append("a smaller image" if mode != "resize" else "a smaller model")
     raise UserError(
         f"predicting a {W}x{H} image in mode {mode!r} needs about {fmt(one['total'])} even one generation at a "
-        f"time (attention over {int(one['positions'])} positions: {fmt(one['attention'])}), more than the "
-        f"{fmt(avail)} available on {device}; use {' or '.join(ways)}"
+        f"time (activations {fmt(one['activations'])}, attention over {int(one['positions'])} positions), more "
+        f"than the {fmt(avail)} available on {device}; use {' or '.join(ways)}"
     )
 
 

@@ -34,14 +34,14 @@ def probe(preset_name: str, rows: int, cache: str, device: str, mode: str, amp: 
 
     from ..config import PredictConfig, preset
     from ..devices import synchronize
-    from ..model import SegDiffUNet
+    from ..model import build_network
     from ..predict.ensemble import autocast, prepare_net
 
     t_import = time.perf_counter() - T_START
     dev = torch.device(device)
     cfg = preset(preset_name)
     torch.manual_seed(0)
-    net = SegDiffUNet(cfg.model, cfg.diffusion.steps).to(dev).eval()
+    net = build_network(cfg, dev).eval()
     s = cfg.data.size
     opts = PredictConfig(compile=mode, compile_cache=cache, amp=amp)
     fwd = prepare_net(net, opts)

@@ -3,9 +3,9 @@
     PYTHONPATH=src python3 -m segdiff.bench.reliability_gpu [--device cuda] [--out reliability-gpu.json]
 
 1. Memory estimate: peak CUDA memory of one prediction network batch (tiny preset, pad mode) at several
-   sizes against segdiff.memory.predict_bytes (which assumes attention takes SDPA's math path: if CUDA
-   picks a fused kernel for the model's non-contiguous q/k/v, the measured peak is far below the estimate
-   and the estimate's attention term should be made device-aware).
+   sizes against segdiff.memory.predict_bytes (which assumes attention runs on SDPA's fused kernels, as
+   on the CPU since issue 19: if CUDA fell back to the math kernel, the measured peak would far exceed the
+   estimate at large sizes).
 2. Cost of the per-step non-finite check: ms per training step (monuseg preset, batch 8 at 256 px) with
    the default check (a device flag, no host sync) and with skip_nonfinite (one host sync per step).
 """

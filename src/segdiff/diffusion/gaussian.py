@@ -8,9 +8,12 @@ from ..config import PREDICTIONS
 from .schedule import Schedule
 
 
-def _at(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Gather float64 schedule values at integer t -> [N, 1, 1, 1] in like's dtype and device."""
-    return values.to(like.device)[t.to(like.device)].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+def _at(values: torch.Tensor, t: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+    """Gather schedule values at integer t ([N] -> [N, 1, 1, 1], or a sampler's step as a Python int ->
+    [1, 1, 1, 1], a view: no kernel) in like's dtype and device. Values already on like's device in its
+    dtype (`Schedule.on`, as the samplers pass them) are not copied."""
+    index = t.to(like.device) if isinstance(t, torch.Tensor) else t
+    return values.to(like.device)[index].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sched: Schedule) -> torch.Tensor:
@@ -19,20 +22,20 @@ def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sched: Schedu
     return ab.sqrt() * x0 + (1.0 - ab).sqrt() * eps
 
 
-def x0_from_eps(x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, sched: Schedule) -> torch.Tensor:
-    """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. 5 solved for x0."""
-    ab = _at(sched.alpha_bar, t, x_t)
-    return (x_t - (1.0 - ab).sqrt() * eps) / ab.sqrt()
+def x0_from_eps(x_t: torch.Tensor, t: torch.Tensor | int, eps: torch.Tensor, sched: Schedule) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t), eq. 5 solved for x0, with coefficients
+    computed in float64 (x_t / sqrt(alpha_bar_t) - sqrt(1 / alpha_bar_t - 1) eps)."""
+    return _at(sched.sqrt_recip_alpha_bar, t, x_t) * x_t - _at(sched.sqrt_recipm1_alpha_bar, t, x_t) * eps
 
 
-def eps_from_x0(x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, sched: Schedule) -> torch.Tensor:
-    """eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t), eq. 5 solved for eps (an x0-predicting
-    network's output as the samplers' eps)."""
-    ab = _at(sched.alpha_bar, t, x_t)
-    return (x_t - ab.sqrt() * x0) / (1.0 - ab).sqrt()
+def eps_from_x0(x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor, sched: Schedule) -> torch.Tensor:
+    """eps = (x_t - sqrt(alpha_bar_t) x0) / sqrt(1 - alpha_bar_t), eq. 5 solved for eps, the inverse of
+    `x0_from_eps` with its coefficients (an x0-predicting network's output as the samplers' eps; DDIM's eps
+    of a clipped x0)."""
+    return (_at(sched.sqrt_recip_alpha_bar, t, x_t) * x_t - x0) / _at(sched.sqrt_recipm1_alpha_bar, t, x_t)
 
 
-def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, sched: Schedule) -> torch.Tensor:
+def posterior_mean(x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int, sched: Schedule) -> torch.Tensor:
     """mu-tilde_t(x_t, x0) (eq. 9)."""
     return _at(sched.coef_x0, t, x_t) * x0 + _at(sched.coef_xt, t, x_t) * x_t
 

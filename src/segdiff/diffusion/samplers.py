@@ -4,6 +4,8 @@
 `t` holds the ORIGINAL timestep indices, also on respaced chains. `schedule` is the (respaced) chain to
 walk. `noise.randn(shape, device)` draws the per-step noise (see segdiff.rng.GenerationNoise).
 All schedule values are precomputed as device tensors before the loop: no host synchronisation per step.
+The maths the samplers share (x0 from eps, eps from x0, the posterior mean of eq. 9) is gaussian.py's,
+the functions tests/test_diffusion.py checks against the paper's equations.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from ..config import SAMPLERS, chain_length
+from .gaussian import eps_from_x0, posterior_mean, x0_from_eps
 from .schedule import Schedule
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -22,8 +25,9 @@ def _dev(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return values.to(device=x.device, dtype=torch.float32)
 
 
-def _x0(x: torch.Tensor, eps: torch.Tensor, sqrt_recip_ab, sqrt_recipm1_ab, clip: bool) -> torch.Tensor:
-    x0 = sqrt_recip_ab * x - sqrt_recipm1_ab * eps
+def _x0(x: torch.Tensor, i: int, eps: torch.Tensor, chain: Schedule, clip: bool) -> torch.Tensor:
+    """x0 of step i of the chain (eq. 5 solved for x0, gaussian.x0_from_eps), clipped to [-1, 1] or not."""
+    x0 = x0_from_eps(x, i, eps, chain)
     return x0.clamp(-1.0, 1.0) if clip else x0
 
 
@@ -35,16 +39,13 @@ def ddpm(
     clip_x0 is False; with clipping (the authors' code) x0 is kept in [-1, 1] at every step.
     On a respaced chain this is improved-diffusion's respaced DDPM.
     """
-    ab = sched.alpha_bar
-    sr, srm1 = _dev(ab.rsqrt(), x_T), _dev((1.0 / ab - 1.0).sqrt(), x_T)
-    c0, ct = _dev(sched.coef_x0, x_T), _dev(sched.coef_xt, x_T)
+    chain = sched.on(x_T.device)  # the coefficients as float32 device tensors, once: no host copy per step
     sigma = _dev(sched.variance(variance).sqrt(), x_T)
     ts = sched.timesteps.to(x_T.device)
     x, n = x_T, x_T.shape[0]
     for i in reversed(range(len(sched))):
         eps = eps_fn(x, ts[i].expand(n)).float()
-        x0 = _x0(x, eps, sr[i], srm1[i], clip_x0)
-        x = c0[i] * x0 + ct[i] * x
+        x = posterior_mean(_x0(x, i, eps, chain, clip_x0), x, i, chain)
         if i > 0:  # Algorithm 1: no noise at the last step
             x = x + sigma[i] * noise.randn(x.shape[1:], x.device)
     return x
@@ -54,8 +55,8 @@ def ddim(
     eps_fn: EpsFn, x_T: torch.Tensor, sched: Schedule, noise, eta: float = 0.0, clip_x0: bool = True
 ) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12) with stochasticity eta; eta = 0 is deterministic given x_T."""
+    chain = sched.on(x_T.device)
     ab, abp = sched.alpha_bar, sched.alpha_bar_prev
-    sr, srm1 = _dev(ab.rsqrt(), x_T), _dev((1.0 / ab - 1.0).sqrt(), x_T)
     sigma64 = eta * ((1 - abp) / (1 - ab) * (1 - ab / abp)).clamp(min=0).sqrt()
     sigma = _dev(sigma64, x_T)
     c_x0 = _dev(abp.sqrt(), x_T)
@@ -64,9 +65,9 @@ def ddim(
     x, n = x_T, x_T.shape[0]
     for i in reversed(range(len(sched))):
         eps = eps_fn(x, ts[i].expand(n)).float()
-        x0 = _x0(x, eps, sr[i], srm1[i], clip_x0)
+        x0 = _x0(x, i, eps, chain, clip_x0)
         if clip_x0:  # keep eps consistent with the clipped x0
-            eps = (sr[i] * x - x0) / srm1[i]
+            eps = eps_from_x0(x, i, x0, chain)
         x = c_x0[i] * x0 + c_eps[i] * eps
         if eta > 0 and i > 0:
             x = x + sigma[i] * noise.randn(x.shape[1:], x.device)
@@ -78,8 +79,8 @@ def dpm_solver_pp(eps_fn: EpsFn, x_T: torch.Tensor, sched: Schedule, noise, clip
 
     lambda_t = log(sqrt(alpha_bar_t) / sqrt(1 - alpha_bar_t)); multistep second order with data prediction.
     """
+    chain = sched.on(x_T.device)
     ab = sched.alpha_bar
-    sr, srm1 = _dev(ab.rsqrt(), x_T), _dev((1.0 / ab - 1.0).sqrt(), x_T)
     lam = 0.5 * (ab.log() - (1 - ab).log())
     alpha, sig = ab.sqrt(), (1 - ab).sqrt()
     ts = sched.timesteps.to(x_T.device)
@@ -87,7 +88,7 @@ def dpm_solver_pp(eps_fn: EpsFn, x_T: torch.Tensor, sched: Schedule, noise, clip
     x0_prev, h_prev = None, None
     for i in reversed(range(len(sched))):
         eps = eps_fn(x, ts[i].expand(n)).float()
-        x0 = _x0(x, eps, sr[i], srm1[i], clip_x0)
+        x0 = _x0(x, i, eps, chain, clip_x0)
         if i == 0:
             return x0
         h = float(lam[i - 1] - lam[i])

@@ -6,6 +6,7 @@ index (as in improved-diffusion).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,10 +48,13 @@ class Schedule:
 
     betas: torch.Tensor  # [K]
     timesteps: torch.Tensor  # [K] int64
+    # [K] 1 - betas, given where 1 - beta would round: a respaced step over nearly all the signal has
+    # beta = 1 - 1e-17 = 1.0 in float64, alpha = 0 and alpha_bar = 0 (inf in x0 = x_t / sqrt(alpha_bar))
+    alphas: torch.Tensor | None = None
 
     def __post_init__(self):
         b = self.betas.double()
-        self.alphas = 1.0 - b
+        self.alphas = 1.0 - b if self.alphas is None else self.alphas.double()
         self.alpha_bar = torch.cumprod(self.alphas, 0)
         self.alpha_bar_prev = torch.cat([b.new_ones(1), self.alpha_bar[:-1]])
         # beta-tilde_t (eq. 10); its first entry is 0
@@ -58,9 +62,22 @@ class Schedule:
         # mu-tilde (eq. 9) = coef_x0 * x0 + coef_xt * x_t
         self.coef_x0 = b * self.alpha_bar_prev.sqrt() / (1.0 - self.alpha_bar)
         self.coef_xt = (1.0 - self.alpha_bar_prev) * self.alphas.sqrt() / (1.0 - self.alpha_bar)
+        # eq. 5 solved for x0 (x0 = sqrt_recip_alpha_bar x_t - sqrt_recipm1_alpha_bar eps), in float64:
+        # 1 - alpha_bar near t = 0 loses most of its digits when alpha_bar is rounded to float32 first
+        self.sqrt_recip_alpha_bar = self.alpha_bar.rsqrt()
+        self.sqrt_recipm1_alpha_bar = (1.0 / self.alpha_bar - 1.0).sqrt()
 
     def __len__(self) -> int:
         return len(self.betas)
+
+    def on(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> Schedule:
+        """This schedule with every float tensor computed in float64 and then cast to `dtype` on `device`:
+        what a sampling loop indexes at each step, transferred once before it (no host copy per step)."""
+        out = copy.copy(self)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                setattr(out, name, value.to(device=device, dtype=dtype))
+        return out
 
     def variance(self, kind: str) -> torch.Tensor:
         """Reverse-process variance sigma_t^2: "small" = beta-tilde_t (eq. 13); "large" = beta_t.
@@ -80,7 +97,7 @@ class Schedule:
         """The DDPM chain on K evenly spaced timesteps of this one (improved-diffusion's respacing).
 
         betas are recomputed so that the subset's alpha_bar equals the original's at the kept steps:
-        beta'_i = 1 - alpha_bar[s_i] / alpha_bar[s_{i-1}]. K = T returns the chain unchanged.
+        alpha'_i = alpha_bar[s_i] / alpha_bar[s_{i-1}], beta'_i = 1 - alpha'_i. K = T returns the chain unchanged.
         """
         T = len(self)
         if not 1 <= K <= T:
@@ -89,18 +106,20 @@ class Schedule:
             return self
         keep = np.round(np.linspace(0, T - 1, K)).astype(np.int64) if K > 1 else np.array([T - 1])
         ab = self.alpha_bar[torch.from_numpy(keep)]
-        prev = torch.cat([ab.new_ones(1), ab[:-1]])
-        # no cap: the chain's alpha_bar (a cumprod of these betas) must equal the original's at the kept
+        alphas = ab / torch.cat([ab.new_ones(1), ab[:-1]])
+        # no cap: the chain's alpha_bar (a cumprod of these alphas) must equal the original's at the kept
         # steps. A cap at 0.999 bound for K <= 3 at T = 100 (alpha_bar_T 2.0e-5 became 1.0e-3), which shrank
         # an eps model's x0 estimate to 0.14x; improved-diffusion and diffusers do not clamp here either.
-        return Schedule(1.0 - ab / prev, self.timesteps[torch.from_numpy(keep)])
+        # The alphas are passed as they are: 1 - beta' rounds to 0 when a step spans alpha_bar ~ 1e-17 (the
+        # capped betas of T = 10), which would make the chain's alpha_bar 0.
+        return Schedule(1.0 - alphas, self.timesteps[torch.from_numpy(keep)], alphas)
 
 
 def make_schedule(T: int = 100, kind: str = "scaled") -> Schedule:
     return Schedule(torch.from_numpy(linear_betas(T, kind)), torch.arange(T))
 
 
-def sample_timestep(T: int, kind: str, generator: torch.Generator) -> int:
+def sample_timestep(T: int, kind: str, generator: torch.Generator | None) -> int:
     """One training timestep index in 0..T-1.
 
     "uniform": Algorithm 2's t ~ U{0..T-1}. "high_noise": t = floor(T * sqrt(u)), u ~ U[0, 1), so

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -9,6 +11,47 @@ from ..config import ModelConfig
 from .blocks import Attention, Downsample, ResBlock, TimestepSequential, Upsample, group_norm, zero_module
 from .embeddings import TimeEmbedding
 from .fusion import Injector, add_per_image, build_encoder, combine, e_in_channels, f_in_channels
+
+
+@dataclass(frozen=True)
+class Level:
+    """One feature map of the U-Net: at 1/ds of the input resolution, with `channels` channels, followed
+    by self-attention or not."""
+
+    ds: int
+    channels: int
+    attention: bool
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The U-Net's shape for a ModelConfig, derived once (`layout`) for the network and for the memory
+    estimate (segdiff.memory): `skips`, every encoder output the decoder keeps (F + G first, then each
+    ResBlock (+ attention) and Downsample in order); `middle`, the bottleneck (always with attention);
+    `attention`, every attention layer's level (encoder, middle, decoder)."""
+
+    skips: tuple[Level, ...]
+    middle: Level
+    attention: tuple[Level, ...]
+
+
+def layout(cfg: ModelConfig) -> Layout:
+    """The level layout of the SegDiffUNet that `cfg` builds (no weights needed)."""
+    C = cfg.model_channels
+    # the first skip is E's input: F(x_t) + G(I), or [F(x_t), G(I)] for the concat variant (model/fusion.py)
+    skips, ds, ch = [Level(1, e_in_channels(cfg), False)], 1, C
+    decoder_attention = []
+    for level, mult in enumerate(cfg.channel_mult):
+        ch = mult * C
+        for _ in range(cfg.num_res_blocks):
+            skips.append(Level(ds, ch, ds in cfg.attention_ds))
+        decoder_attention += [Level(ds, ch, True)] * (cfg.num_res_blocks + 1) if ds in cfg.attention_ds else []
+        if level != len(cfg.channel_mult) - 1:
+            skips.append(Level(ds * 2, ch, False))  # Downsample
+            ds *= 2
+    middle = Level(ds, ch, True)
+    attention = tuple(s for s in skips if s.attention) + (middle,) + tuple(decoder_attention)
+    return Layout(tuple(skips), middle, attention)
 
 
 class SegDiffUNet(nn.Module):
@@ -33,20 +76,19 @@ class SegDiffUNet(nn.Module):
         # variants four to six: G(I) joins after E's inject_after-th downsampling block (index in self.encoder)
         self.inject = Injector(cfg) if cfg.conditioning == "inject" else None
 
+        self.layout = layout(cfg)
         self.encoder = nn.ModuleList()  # E, after F + G, which is the first skip
-        skip_chs, ch, ds = [e_in_channels(cfg)], e_in_channels(cfg), 1
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [ResBlock(ch, emb_dim, mult * C, cfg.dropout, groups)]
-                ch = mult * C
-                if ds in cfg.attention_ds:
-                    layers.append(Attention(ch, cfg.num_heads, groups))
-                self.encoder.append(TimestepSequential(layers))
-                skip_chs.append(ch)
-            if level != len(cfg.channel_mult) - 1:
+        ch = e_in_channels(cfg)
+        for prev, lv in zip(self.layout.skips, self.layout.skips[1:]):
+            if lv.ds != prev.ds:
                 self.encoder.append(TimestepSequential([Downsample(ch)]))
-                skip_chs.append(ch)
-                ds *= 2
+                continue
+            layers: list[nn.Module] = [ResBlock(ch, emb_dim, lv.channels, cfg.dropout, groups)]
+            ch = lv.channels
+            if lv.attention:
+                layers.append(Attention(ch, cfg.num_heads, groups))
+            self.encoder.append(TimestepSequential(layers))
+        skip_chs, ds = [lv.channels for lv in self.layout.skips], self.layout.middle.ds
         self.middle = TimestepSequential(
             [
                 ResBlock(ch, emb_dim, ch, cfg.dropout, groups),

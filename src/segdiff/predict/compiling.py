@@ -72,7 +72,8 @@ def auto_compile(
 
 
 def calls_for(items: int, generations: int, batch_generations: int, sampling_steps: int) -> int:
-    """Network calls for `items` images or windows of one shape, as sample_x0 chunks them, times `sampling_steps`."""
+    """Network calls for `items` images or windows of one shape, as sample_x0 chunks them (ensemble.generation_chunks),
+    times `sampling_steps`; ensemble.network_calls counts with it too."""
     bg = max(1, batch_generations)
     if generations >= bg:
         return items * math.ceil(generations / bg) * sampling_steps

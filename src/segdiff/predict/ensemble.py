@@ -15,10 +15,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import replace
-from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 from ..config import COMPILE_MODES, PredictConfig
 from ..diffusion import sample
@@ -86,7 +84,9 @@ def sample_x0(
         if on_step is not None:  # its one network call (progress bars count it)
             on_step()
         return torch.tanh(logits.float() / 2).expand(B, G, H, W).clone()  # (x0 + 1) / 2 = sigmoid(logits)
-    to_eps = _x0_to_eps(sched, sampling_steps) if prediction == "x0" else None
+    # an x0-predicting network: eps of eq. 5 at the original timestep (a respaced chain keeps the original
+    # alpha_bar at its steps), so that the sampler's x0 from this eps is the network's x0
+    coefs = sched.on(device) if prediction == "x0" else None
     out = torch.empty(B, G, M, H, W, device=device)
     all_keys = noise_keys(keys, G, opts.seed)
     for b0, b1, g0, g1 in generation_chunks(B, G, per_batch):
@@ -106,7 +106,7 @@ def sample_x0(
             if on_step is not None:
                 on_step()
             # an x0-predicting network: eps of eq. 5, so that every sampler runs its one eps code path
-            return to_eps(x, t, y.float()) if to_eps is not None else y
+            return eps_from_x0(x, t, y.float(), coefs) if coefs is not None else y
 
         x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, sampling_steps, opts.variance, opts.eta, opts.clip_x0)
         out[b0:b1, g0:g1] = x0[:n].view(b1 - b0, g1 - g0, M, H, W)
@@ -118,22 +118,12 @@ def network_calls(batch: int, opts: PredictConfig, T: int, prediction: str = "ep
     steps that predicts `prediction` (`output_kind`): one for a one-pass model, whatever the generations."""
     if prediction == "onepass":
         return 1
-    return opts.steps_for(T) * len(list(generation_chunks(batch, opts.generations, max(1, opts.batch_generations))))
+    return compiling.calls_for(batch, opts.generations, opts.batch_generations, opts.steps_for(T))
 
 
 def output_kind(net) -> str:
     """What the network outputs: its ModelConfig.prediction ("eps", "x0" or "onepass"); eps by default."""
     return getattr(getattr(net, "cfg", None), "prediction", "eps")
-
-
-def _x0_to_eps(sched: Schedule, sampling_steps: int):
-    """eps (eq. 5) of an x0 prediction, with the alpha_bar of the chain the sampler walks (the respaced one,
-    whose last beta may be capped), so that the sampler's own x0 from this eps is the network's x0."""
-    chain = sched.respace(sampling_steps)
-    ab = torch.ones(len(sched), dtype=torch.float64)
-    ab[chain.timesteps] = chain.alpha_bar
-    values = SimpleNamespace(alpha_bar=ab)
-    return lambda x, t, x0: eps_from_x0(x, t, x0, values)
 
 
 class _CompiledCache(dict):
@@ -208,13 +198,3 @@ def summarise_classes(x0: torch.Tensor) -> dict[str, torch.Tensor]:
     entropy = -(prob * prob.clamp(min=1e-12).log()).sum(dim=-3)
     disagreement = (q.argmax(dim=-3) != label.unsqueeze(-3)).float().mean(dim=-3)
     return {"prob": prob, "label": label, "entropy": entropy, "disagreement": disagreement, "samples": q}
-
-
-def pad_to_stride(image: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Reflect-pad [B, C, H, W] at the bottom and right to multiples of stride; returns the original (H, W)."""
-    h, w = image.shape[-2:]
-    ph, pw = (-h) % stride, (-w) % stride
-    if ph or pw:
-        mode = "reflect" if ph < h and pw < w else "replicate"
-        image = F.pad(image, (0, pw, 0, ph), mode=mode)
-    return image, (h, w)

@@ -27,10 +27,10 @@ from ..devices import default_device
 from ..diffusion import Schedule, make_schedule
 from ..errors import CheckpointError, UserError
 from ..memory import check_prediction
-from ..model import SegDiffUNet
+from ..model import build_network
 from . import compiling
-from .ensemble import network_calls, output_kind, pad_to_stride, sample_x0, summarise, summarise_classes
-from .tiling import Stitcher, blend_weight, windows
+from .ensemble import network_calls, output_kind, sample_x0, summarise, summarise_classes
+from .tiling import Stitcher, blend_weight, pad_to_stride, padded, windows, windows_per_call
 
 
 @dataclass
@@ -68,11 +68,6 @@ class Prediction:
     def entropy(self) -> torch.Tensor | None:
         """The entropy (nats) of a K-class prediction's mean distribution (its `uncertainty`); None for binary."""
         return self.uncertainty if self.kind == "classes" else None
-
-
-def build_network(config: RunConfig, device: torch.device | str | None = None) -> SegDiffUNet:
-    """A network of the run's architecture (fresh weights) on `device`."""
-    return SegDiffUNet(config.model, config.diffusion.steps).to(default_device(device))
 
 
 def image_batch(image, channels: int, device: torch.device) -> torch.Tensor:
@@ -177,12 +172,10 @@ class Predictor:
         """How many network calls `predict` makes for `batch` images of height x width under `opts` (the
         total that an `on_step` progress callback counts up to)."""
         opts = opts or self.sampling_options()
-        size, T, kind = self.config.data.size, len(self.schedule), output_kind(self.net)
-        if opts.mode == "tile" and (height > size or width > size):
-            if min(height, width) < size:
-                height, width = height + (-height) % size, width + (-width) % size
-            n = len(windows(height, width, size, opts.tile_stride or size))
-            per_call = max(1, opts.batch_generations // max(1, opts.generations))
+        _, n = self.network_inputs((height, width), opts)
+        T, kind = len(self.schedule), output_kind(self.net)
+        if n > 1:  # windows, in groups of windows_per_call
+            per_call = windows_per_call(opts.generations, opts.batch_generations)
             return batch * sum(network_calls(min(per_call, n - i), opts, T, kind) for i in range(0, n, per_call))
         return network_calls(batch, opts, T, kind)
 
@@ -193,9 +186,19 @@ class Predictor:
         if opts.mode == "resize":
             return (size, size), 1
         if opts.mode == "tile" and (H > size or W > size):
-            h, w = (-(-H // size) * size, -(-W // size) * size) if min(H, W) < size else (H, W)
+            h, w = (padded(H, size), padded(W, size)) if min(H, W) < size else (H, W)
             return (size, size), len(windows(h, w, size, opts.tile_stride or size))
-        return (-(-H // stride) * stride, -(-W // stride) * stride), 1
+        return (padded(H, stride), padded(W, stride)), 1
+
+    def network_batch(
+        self, shape: tuple[int, int], batch: int, opts: PredictConfig
+    ) -> tuple[tuple[int, int], int, int]:
+        """One network call for `batch` images of `shape` (H, W) under `opts`: its input size (h, w), the
+        images or windows whose G(I) it holds, and its rows (images x generations; `compiling.chunk_rows`).
+        What the memory check (segdiff.memory.check_prediction) estimates."""
+        size, n = self.network_inputs(shape, opts)
+        images = min(n, windows_per_call(opts.generations, opts.batch_generations)) if n > 1 else batch
+        return size, images, compiling.chunk_rows(images, opts.generations, opts.batch_generations)
 
     def resolve_compile(self, opts: PredictConfig, shapes: list[tuple[int, int]], repeats: int = 1) -> PredictConfig:
         """`opts` with compile="auto" resolved for the work ahead: images of `shapes` (H, W), each sampled
@@ -236,7 +239,8 @@ class Predictor:
         keys = list(range(B)) if keys is None else keys
         size, stride = self.config.data.size, self.config.model.stride
         # refuse what cannot fit before any work, or lower batch_generations (with a warning): segdiff/memory.py
-        opts = check_prediction(self.config, opts.mode, max(B, full_batch or 0), H, W, opts, self.device)
+        batch = max(B, full_batch or 0)
+        opts = check_prediction(self.config, opts, (H, W), self.device, lambda o: self.network_batch((H, W), batch, o))
         G, bg = opts.generations, opts.batch_generations
         rows = compiling.chunk_rows(max(B, full_batch or 0), G, bg)
         x = self.normalize(image)
@@ -265,7 +269,7 @@ class Predictor:
         h, w = padded.shape[-2:]
         starts = windows(h, w, tile, opts.tile_stride or tile)
         stitcher = Stitcher(h, w, blend_weight(tile, opts.blend))
-        per_call = max(1, opts.batch_generations // max(1, opts.generations))
+        per_call = windows_per_call(opts.generations, opts.batch_generations)
         base = key if isinstance(key, tuple) else (key,)
         for i0 in range(0, len(starts), per_call):
             group = starts[i0 : i0 + per_call]

@@ -8,6 +8,29 @@ with weights that sum to one at every pixel.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+
+def padded(length: int, multiple: int) -> int:
+    """`length` rounded up to a multiple of `multiple` (the network stride; the tile for an image smaller
+    than one window). The one home of this rounding: the network inputs, the progress count and the memory
+    estimate all read their sizes from Predictor.network_inputs, which calls this."""
+    return -(-length // multiple) * multiple
+
+
+def pad_to_stride(image: torch.Tensor, stride: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad [B, C, H, W] at the bottom and right to multiples of stride; returns the original (H, W)."""
+    h, w = image.shape[-2:]
+    ph, pw = padded(h, stride) - h, padded(w, stride) - w
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        image = F.pad(image, (0, pw, 0, ph), mode=mode)
+    return image, (h, w)
+
+
+def windows_per_call(generations: int, batch_generations: int) -> int:
+    """Windows whose generations share one network batch: about batch_generations / generations, at least 1."""
+    return max(1, batch_generations // max(1, generations))
 
 
 def window_starts(length: int, tile: int, stride: int) -> list[int]:

@@ -50,7 +50,8 @@ from ..diffusion import make_schedule
 from ..errors import CheckpointError, UserError
 from ..lock import lock_run
 from ..memory import check_training, is_out_of_memory
-from ..predict.predictor import Predictor, build_network
+from ..model import build_network
+from ..predict.predictor import Predictor
 from .distributed import (
     all_reduce_sum,
     any_rank,
