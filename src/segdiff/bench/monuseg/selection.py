@@ -162,7 +162,10 @@ def select_phase(bench: Bench, model: SegDiff, split: dict) -> Selection:
     # the batch that fits the device by segdiff.memory's estimate: the check (and the lowering, with a warning)
     # that every prediction below makes too
     opts = model.sampling_options(generations=g_max, batch_generations=want_bg)
-    per_batch = check_prediction(model.config, opts.mode, 1, int(h), int(w), opts, device).batch_generations
+    shape = (int(h), int(w))
+    per_batch = check_prediction(
+        model.config, opts, shape, device, lambda o: model.predictor.network_batch(shape, 1, o)
+    ).batch_generations
     if args.generations:
         chosen = {
             "sampler": args.sampler or model.config.predict.sampler,
