@@ -1,4 +1,4 @@
-"""The `segdiff` command: train | predict | config | evaluate | prepare | serve | demo | benchmark | study."""
+"""The `segdiff` command: train | predict | config | evaluate | prepare | serve | demo | benchmark | study | ablation."""
 
 from __future__ import annotations
 
