@@ -27,7 +27,8 @@ class SegDiffUNet(nn.Module):
         C, groups = cfg.model_channels, cfg.norm_groups
         emb_dim = 4 * C
         self.time_embed = TimeEmbedding(C, cfg.time_embedding, num_timesteps)
-        self.F = nn.Conv2d(cfg.mask_channels, C, 3, padding=1)
+        # self-conditioning: the previous x0 estimate enters F beside x_t (M more channels)
+        self.F = nn.Conv2d(cfg.mask_channels * (2 if cfg.self_condition else 1), C, 3, padding=1)
         self.G = RRDBEncoder(cfg.image_channels, C, cfg.rrdb_blocks, cfg.rrdb_nf, cfg.rrdb_gc)
 
         self.encoder = nn.ModuleList()  # E, after F + G, which is the first skip
@@ -70,13 +71,20 @@ class SegDiffUNet(nn.Module):
         """G(I): [B, image_channels, H, W] normalised image -> cond [B, C, H, W]."""
         return self.G(image)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """[N, M, H, W] x_t, [N] timesteps (original 0..T-1), cond [N or B, C, H, W] -> eps [N, M, H, W]."""
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, x0_prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[N, M, H, W] x_t, [N] timesteps (original 0..T-1), cond [N or B, C, H, W] -> eps [N, M, H, W].
+        x0_prev [N, M, H, W]: the previous x0 estimate of a self-conditioned network (None = zeros)."""
         n, _, h, w = x_t.shape
         s = self.cfg.stride
         if h % s or w % s:
             raise ValueError(f"input {h}x{w} is not a multiple of the network stride {s}; pad it first")
         emb = self.time_embed(t)
+        if self.cfg.self_condition:
+            x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev.to(x_t.dtype)], dim=1)
+        elif x0_prev is not None:
+            raise ValueError("x0_prev given to a network without model.self_condition")
         fx = self.F(x_t)
         if cond.shape[0] != n:  # generations of the same image share one G(I)
             b = cond.shape[0]

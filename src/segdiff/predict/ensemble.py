@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..config import COMPILE_MODES, PredictConfig
 from ..diffusion import sample
-from ..diffusion.gaussian import eps_from_x0, onepass_logits
+from ..diffusion.gaussian import eps_from_x0, onepass_logits, q_sample, x0_from_eps, x0_from_output
 from ..diffusion.schedule import Schedule
 from ..rng import GenerationNoise
 from . import compiling
@@ -87,7 +87,11 @@ def sample_x0(
         with autocast(device, opts.amp):
             logits = onepass_logits(fwd, cond, (B, 1, H, W))
         return torch.tanh(logits.float() / 2).expand(B, G, H, W).clone()  # (x0 + 1) / 2 = sigmoid(logits)
-    to_eps = _x0_to_eps(sched, sampling_steps) if prediction == "x0" else None
+    # issue 20: logits networks, self-conditioning (the previous step's x0 is fed), a chain started below T
+    x0_output = getattr(net.cfg, "x0_output", "direct")
+    self_cond = getattr(net.cfg, "self_condition", False)
+    chain = sched if opts.start_t is None else Schedule(sched.betas[: opts.start_t + 1], sched.timesteps[: opts.start_t + 1])
+    table = _chain_table(sched, chain, sampling_steps)
     out = torch.empty(B, G, M, H, W, device=device)
     all_keys = noise_keys(keys, G, opts.seed)
     for b0, b1, g0, g1 in generation_chunks(B, G, per_batch):
@@ -101,22 +105,35 @@ def sample_x0(
         noise = GenerationNoise.for_keys(chunk_keys, device)
         x_T = noise.randn((M, H, W), device)
 
-        def eps_fn(x, t, c=c):
+        state: dict = {"x0": None}  # this chunk's latest x0 estimate (self-conditioning, the warm start)
+
+        def eps_fn(x, t, c=c, state=state):
             with autocast(device, opts.amp):
-                y = fwd(x, t, c)
+                y = fwd(x, t, c, state["x0"]) if self_cond else fwd(x, t, c)
             if on_step is not None:
                 on_step()
-            # an x0-predicting network: eps of eq. 5, so that every sampler runs its one eps code path
-            return to_eps(x, t, y.float()) if to_eps is not None else y
+            if prediction == "x0":  # eps of eq. 5, so that every sampler runs its one eps code path
+                x0 = x0_from_output(y.float(), x0_output)
+                eps = eps_from_x0(x, t, x0, table)
+            else:
+                eps, x0 = y, (x0_from_eps(x, t, y.float(), table) if self_cond or opts.start_t is not None else None)
+            if x0 is not None:
+                state["x0"] = x0.clamp(-1.0, 1.0)
+            return eps
 
-        x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, sampling_steps, opts.variance, opts.eta, opts.clip_x0)
+        if opts.start_t is not None:  # one pass at T - 1 from pure noise, its x0 noised to start_t
+            eps_fn(x_T, sched.timesteps[-1:].to(device).expand(x_T.shape[0]))
+            t_s = torch.full((x_T.shape[0],), int(sched.timesteps[opts.start_t]), device=device)
+            x_T = q_sample(state["x0"], t_s, noise.randn((M, H, W), device), sched)
+        x0 = sample(opts.sampler, eps_fn, x_T, chain, noise, sampling_steps, opts.variance, opts.eta, opts.clip_x0)
         out[b0:b1, g0:g1] = x0[:n].view(b1 - b0, g1 - g0, M, H, W)
     return out[:, :, 0] if M == 1 else out
 
 
 def network_calls(batch: int, opts: PredictConfig, T: int) -> int:
     """How many network calls `sample_x0` makes for `batch` images under `opts` with a model of T diffusion steps."""
-    return opts.steps_for(T) * len(list(generation_chunks(batch, opts.generations, max(1, opts.batch_generations))))
+    calls = opts.steps_for(T) + (opts.start_t is not None)  # the warm start's first pass
+    return calls * len(list(generation_chunks(batch, opts.generations, max(1, opts.batch_generations))))
 
 
 def output_kind(net) -> str:
@@ -124,14 +141,14 @@ def output_kind(net) -> str:
     return getattr(getattr(net, "cfg", None), "prediction", "eps")
 
 
-def _x0_to_eps(sched: Schedule, sampling_steps: int):
-    """eps (eq. 5) of an x0 prediction, with the alpha_bar of the chain the sampler walks (the respaced one,
-    whose last beta may be capped), so that the sampler's own x0 from this eps is the network's x0."""
-    chain = sched.respace(sampling_steps)
-    ab = torch.ones(len(sched), dtype=torch.float64)
-    ab[chain.timesteps] = chain.alpha_bar
-    values = SimpleNamespace(alpha_bar=ab)
-    return lambda x, t, x0: eps_from_x0(x, t, x0, values)
+def _chain_table(sched: Schedule, chain: Schedule, sampling_steps: int):
+    """alpha_bar by original timestep for eq. 5's conversions between x0 and eps: the respaced chain's own
+    values at its steps (so that the sampler's x0 from this eps is the network's x0), the schedule's elsewhere
+    (the warm start's first pass at T - 1)."""
+    walked = chain.respace(sampling_steps)
+    ab = sched.alpha_bar.clone()
+    ab[walked.timesteps] = walked.alpha_bar
+    return SimpleNamespace(alpha_bar=ab)
 
 
 class _CompiledCache(dict):
