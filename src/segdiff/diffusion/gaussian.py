@@ -72,9 +72,7 @@ def training_loss(
     (the others get zeros); onepass_phase: x_t = 0 at t = T - 1 (staged training's one-pass phase).
     """
     if prediction == "onepass":
-        if x0.shape[1] != 1:
-            raise ValueError("prediction 'onepass' is for binary masks (one mask channel)")
-        return onepass_loss(model, x0, cond)
+        return onepass_loss(model, x0, cond, valid)
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction {prediction!r}: choose one of {', '.join(PREDICTIONS)}")
     if onepass_phase:  # the x0 model as a one-pass segmenter: what the first sampling step sees, without noise
@@ -151,12 +149,13 @@ def seg_loss(logits: torch.Tensor, x0: torch.Tensor, valid: torch.Tensor | None 
 
 
 def onepass_logits(model, cond: torch.Tensor, shape) -> torch.Tensor:
-    """The one-pass segmenter: logits = net(x_t = 0, t = 0, G(I)); shape [N, 1, H, W]."""
+    """The one-pass segmenter: logits = net(x_t = 0, t = 0, G(I)); shape [N, M, H, W]."""
     n = shape[0]
     x = torch.zeros(shape, device=cond.device, dtype=cond.dtype)
     return model(x, torch.zeros(n, dtype=torch.long, device=cond.device), cond)
 
 
-def onepass_loss(model, x0: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice (foreground, per image, averaged) of sigmoid(logits) against the mask (x0 + 1) / 2."""
-    return seg_loss(onepass_logits(model, cond, x0.shape).float(), x0)
+def onepass_loss(model, x0: torch.Tensor, cond: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """`seg_loss` of the one-pass logits: BCE + soft Dice (foreground, per image, averaged) of sigmoid(logits)
+    against the mask (x0 + 1) / 2; K classes: cross-entropy + soft Dice per class (issue 20's baseline)."""
+    return seg_loss(onepass_logits(model, cond, x0.shape).float(), x0, valid)

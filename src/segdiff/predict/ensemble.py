@@ -85,7 +85,9 @@ def sample_x0(
     prediction = output_kind(net)
     if prediction == "onepass":  # the baseline segmenter: one deterministic map, the same for every generation
         with autocast(device, opts.amp):
-            logits = onepass_logits(fwd, cond, (B, 1, H, W))
+            logits = onepass_logits(fwd, cond, (B, M, H, W))
+        if M > 1:  # K classes: 2 softmax - 1, the one-hot x0 space
+            return x0_from_output(logits.float(), "logits")[:, None].expand(B, G, M, H, W).clone()
         return torch.tanh(logits.float() / 2).expand(B, G, H, W).clone()  # (x0 + 1) / 2 = sigmoid(logits)
     # issue 20: logits networks, self-conditioning (the previous step's x0 is fed), a chain started below T
     x0_output = getattr(net.cfg, "x0_output", "direct")
