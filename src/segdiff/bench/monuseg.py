@@ -539,6 +539,10 @@ def _test_scores(scores: dict) -> dict:
         "boundf_percent": 100 * scores["boundf"],
         "wcov_paper_percent": 100 * scores["wcov"],
         "calibration": {k: scores["calibration"][k] for k in ("mean", "stderr", "pooled", "ece")},
+        # issue 20: the error AUROC of the uncertainty maps (SegDiff: std over generations) and of the
+        # probability's own confidence (all the one-pass baseline has), pooled over the test pixels
+        "uncertainty_auroc": (scores.get("uncertainty_auroc") or {}).get("pooled"),
+        "confidence_auroc": (scores.get("confidence_auroc") or {}).get("pooled"),
         "n_images": scores["n_images"],
         "averaging": "per-image Dice (F1) and IoU of the foreground, averaged over the test images "
         "(as the paper's tables); pooled: over all test pixels",
@@ -798,6 +802,10 @@ def baseline_phase(bench: Bench, cfg: RunConfig, minutes: float) -> dict:
     bcfg = copy.deepcopy(cfg)
     bcfg.preset = f"{cfg.preset} as a one-pass segmenter"
     bcfg.model.prediction = "onepass"
+    # the diffusion-only levers of the recipe (issue 20) are off for the one-pass segmenter
+    bcfg.model.x0_output, bcfg.model.self_condition = "direct", False
+    bcfg.train.seg_loss_weight, bcfg.train.mse_loss_weight, bcfg.train.onepass_steps, bcfg.train.p_t_max = 0.0, 1.0, 0, 0.0
+    bcfg.predict.start_t = None
     bcfg.train.budget_fixed_at = None
     if bcfg.train.budget_minutes is not None:
         bcfg.train.budget_minutes, bcfg.train.max_steps = minutes, 10**9
