@@ -156,6 +156,12 @@ def test_step_levers_rows_are_keyed_and_the_phase_counts_steps():
     assert torch.equal(rows, step_levers(c, 5, 0, 64)[0])  # keyed by (seed, step): the same on resume
     assert torch.equal(rows[32:], step_levers(c, 5, 32, 64)[0])  # a rank's slice of the global batch
     assert not torch.equal(rows, step_levers(c, 6, 0, 64)[0])
+    f = tiny_config(max_steps=10, onepass_fraction=0.3)
+    assert [step_levers(f, s, 0, 4) for s in (2, 3)] == [(None, True), ()]
+    f.train.budget_minutes, f.train.max_steps = 1.0, 10**9  # a budget run: one-pass until max_steps is fixed
+    assert step_levers(f, 50, 0, 4) == (None, True)
+    f.train.budget_fixed_at, f.train.max_steps = 20, 100
+    assert step_levers(f, 29, 0, 4) == (None, True) and step_levers(f, 30, 0, 4) == ()
 
 
 class _Recorder(torch.nn.Module):

@@ -263,8 +263,11 @@ class TrainConfig:
     # model.self_condition: the fraction of training samples whose x0 input is first made by a no-grad pass
     self_condition_prob: float = 0.5
     # Staged training: the first onepass_steps steps train the same network as a one-pass segmenter (x_t = 0
-    # at t = T - 1, its own loss), the rest as the diffusion model; counted in max_steps.
+    # at t = T - 1, its own loss), the rest as the diffusion model; counted in max_steps. onepass_fraction:
+    # the same as a share of max_steps (of the max_steps a budget fixes; every step before the fix is one-pass),
+    # so a resumed run that changes max_steps moves the boundary (use onepass_steps for a fixed count).
     onepass_steps: int = 0
+    onepass_fraction: float = 0.0
     # Probability that a training timestep is t = T - 1 (where the x0 model is a one-pass segmenter that
     # also sees noise) instead of a draw from t_sampling.
     p_t_max: float = 0.0
@@ -293,7 +296,9 @@ class TrainConfig:
         _at_least(self, prefix, 0, "mse_loss_weight", "seg_loss_weight", "onepass_steps")
         _check(self.mse_loss_weight + self.seg_loss_weight > 0, prefix + "seg_loss_weight", self.seg_loss_weight,
                "mse_loss_weight and seg_loss_weight cannot both be 0")
-        for name in ("self_condition_prob", "p_t_max"):
+        _check(not (self.onepass_steps and self.onepass_fraction), prefix + "onepass_fraction", self.onepass_fraction,
+               "give onepass_steps or onepass_fraction, not both")
+        for name in ("self_condition_prob", "p_t_max", "onepass_fraction"):
             v = getattr(self, name)
             _check(0 <= v <= 1, prefix + name, v, "must be in [0, 1]")
 

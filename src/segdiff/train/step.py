@@ -38,12 +38,22 @@ class LossModule(nn.Module):
         return training_loss(self.net, x0, cond, t, eps, self.schedule, m.prediction, valid, **levers)
 
 
+def onepass_end(tc) -> float:
+    """The first step after staged training's one-pass phase: onepass_steps, or onepass_fraction of
+    max_steps (infinite while a budget run has not fixed max_steps yet: the probe steps are one-pass)."""
+    if tc.onepass_fraction > 0:
+        if tc.budget_minutes is not None and tc.budget_fixed_at is None:
+            return float("inf")
+        return round(tc.onepass_fraction * tc.max_steps)
+    return tc.onepass_steps
+
+
 def step_levers(config: RunConfig, step: int, start: int, stop: int) -> tuple:
     """The extra arguments of LossModule for `step` (empty when no lever is on, so the call is as before):
     the self-conditioning rows of this rank's slice start..stop of the global batch (keyed by seed and step,
     not drawn from the global RNG: a resumed run draws the same), and whether the step is in the one-pass phase."""
     tc = config.train
-    phase = step < tc.onepass_steps
+    phase = step < onepass_end(tc)
     rows = None
     if config.model.self_condition and not phase:
         g = rng.generator(tc.seed, "self_condition", step)
