@@ -198,7 +198,7 @@ def test_self_conditioned_sampling_feeds_the_previous_x0_and_warm_start():
 
 def test_lever_fields_are_checked():
     with pytest.raises(ConfigError, match="train.seg_loss_weight.*x0_output"):
-        apply_overrides(preset("tiny-fast"), {"train.seg_loss_weight": 1.0}).validate()
+        apply_overrides(preset("tiny"), {"model.prediction": "x0", "train.seg_loss_weight": 1.0}).validate()
     with pytest.raises(ConfigError, match="model.x0_output.*prediction = x0"):
         apply_overrides(preset("tiny"), {"model.x0_output": "logits"}).validate()
     with pytest.raises(ConfigError, match="train.p_t_max"):

@@ -814,9 +814,12 @@ def _fast(cfg: RunConfig, name: str, lr: float, warmup: int, ema_rate: float) ->
     weighted toward high noise, a constant lr after a warm-up (a cosine decay scored lower at equal steps), a
     short EMA; validation only at the end of training (a budget run's steps are fixed up front), on 4 images
     with few steps. Chosen on the MoNuSeg validation images with the tiny network on a CPU (docs/results.md,
-    "Recipe for short budgets")."""
+    "Recipe for short budgets"). Issue 20 added: x0 as logits trained with the segmentation loss beside the
+    MSE (BCE or cross-entropy + soft Dice), and staged training (the first half of the steps one-pass)."""
     cfg.preset = name
     cfg.model.prediction = "x0"
+    cfg.model.x0_output = "logits"
+    cfg.train.seg_loss_weight, cfg.train.onepass_fraction = 1.0, 0.5
     t = cfg.train
     t.lr, t.warmup_steps, t.ema_rate = lr, warmup, ema_rate
     t.t_sampling = "high_noise"
