@@ -183,7 +183,9 @@ class _Recorder(torch.nn.Module):
 def test_self_conditioned_sampling_feeds_the_previous_x0_and_warm_start():
     x0 = torch.full((1, 1, 8, 8), 0.5)
     net, sched = _Recorder(x0), make_schedule(20)
-    out = sample_x0(net, sched, torch.zeros(1, 3, 8, 8), [0], PredictConfig(generations=2, sampling_steps=3, sampler="ddim"))
+    out = sample_x0(
+        net, sched, torch.zeros(1, 3, 8, 8), [0], PredictConfig(generations=2, sampling_steps=3, sampler="ddim")
+    )
     assert [t for t, _ in net.seen] == [19, 10, 0] and net.seen[0][1] is None
     assert all(torch.allclose(p, torch.full_like(p, 0.5)) for _, p in net.seen[1:])
     torch.testing.assert_close(out, torch.full((1, 2, 8, 8), 0.5), atol=1e-4, rtol=0)

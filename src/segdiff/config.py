@@ -131,8 +131,12 @@ class ModelConfig:
         _one_of(self, prefix, "x0_output", X0_OUTPUTS)
         if self.x0_output == "logits" or self.self_condition:
             key = prefix + ("x0_output" if self.x0_output == "logits" else "self_condition")
-            _check(self.prediction != "onepass", key, getattr(self, key[len(prefix):]), "needs a diffusion "
-                   "model (model.prediction eps or x0), not the one-pass baseline")
+            _check(
+                self.prediction != "onepass",
+                key,
+                getattr(self, key[len(prefix) :]),
+                "needs a diffusion model (model.prediction eps or x0), not the one-pass baseline",
+            )
         if self.x0_output == "logits":
             _check(self.prediction == "x0", prefix + "x0_output", self.x0_output, "needs model.prediction = x0")
         # attention levels (and the middle block, at the last level) split their channels over the heads
@@ -294,10 +298,18 @@ class TrainConfig:
         _at_least(self, prefix, 0, "budget_warmup_steps", "budget_probe_steps")
         _at_least(self, prefix, 0, "budget_fixed_at", optional=True)
         _at_least(self, prefix, 0, "mse_loss_weight", "seg_loss_weight", "onepass_steps")
-        _check(self.mse_loss_weight + self.seg_loss_weight > 0, prefix + "seg_loss_weight", self.seg_loss_weight,
-               "mse_loss_weight and seg_loss_weight cannot both be 0")
-        _check(not (self.onepass_steps and self.onepass_fraction), prefix + "onepass_fraction", self.onepass_fraction,
-               "give onepass_steps or onepass_fraction, not both")
+        _check(
+            self.mse_loss_weight + self.seg_loss_weight > 0,
+            prefix + "seg_loss_weight",
+            self.seg_loss_weight,
+            "mse_loss_weight and seg_loss_weight cannot both be 0",
+        )
+        _check(
+            not (self.onepass_steps and self.onepass_fraction),
+            prefix + "onepass_fraction",
+            self.onepass_fraction,
+            "give onepass_steps or onepass_fraction, not both",
+        )
         for name in ("self_condition_prob", "p_t_max", "onepass_fraction"):
             v = getattr(self, name)
             _check(0 <= v <= 1, prefix + name, v, "must be in [0, 1]")

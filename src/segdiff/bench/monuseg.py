@@ -804,7 +804,12 @@ def baseline_phase(bench: Bench, cfg: RunConfig, minutes: float) -> dict:
     bcfg.model.prediction = "onepass"
     # the diffusion-only levers of the recipe (issue 20) are off for the one-pass segmenter
     bcfg.model.x0_output, bcfg.model.self_condition = "direct", False
-    bcfg.train.seg_loss_weight, bcfg.train.mse_loss_weight, bcfg.train.onepass_steps, bcfg.train.p_t_max = 0.0, 1.0, 0, 0.0
+    bcfg.train.seg_loss_weight, bcfg.train.mse_loss_weight, bcfg.train.onepass_steps, bcfg.train.p_t_max = (
+        0.0,
+        1.0,
+        0,
+        0.0,
+    )
     bcfg.predict.start_t = None
     bcfg.train.budget_fixed_at = None
     if bcfg.train.budget_minutes is not None:

@@ -92,7 +92,11 @@ def sample_x0(
     # issue 20: logits networks, self-conditioning (the previous step's x0 is fed), a chain started below T
     x0_output = getattr(net.cfg, "x0_output", "direct")
     self_cond = getattr(net.cfg, "self_condition", False)
-    chain = sched if opts.start_t is None else Schedule(sched.betas[: opts.start_t + 1], sched.timesteps[: opts.start_t + 1])
+    chain = (
+        sched
+        if opts.start_t is None
+        else Schedule(sched.betas[: opts.start_t + 1], sched.timesteps[: opts.start_t + 1])
+    )
     table = _chain_table(sched, chain, sampling_steps)
     out = torch.empty(B, G, M, H, W, device=device)
     all_keys = noise_keys(keys, G, opts.seed)
