@@ -90,8 +90,8 @@ def sample_x0(
             return x0_from_output(logits.float(), "logits")[:, None].expand(B, G, M, H, W).clone()
         return torch.tanh(logits.float() / 2).expand(B, G, H, W).clone()  # (x0 + 1) / 2 = sigmoid(logits)
     # issue 20: logits networks, self-conditioning (the previous step's x0 is fed), a chain started below T
-    x0_output = getattr(net.cfg, "x0_output", "direct")
-    self_cond = getattr(net.cfg, "self_condition", False)
+    x0_output = getattr(getattr(net, "cfg", None), "x0_output", "direct")
+    self_cond = getattr(getattr(net, "cfg", None), "self_condition", False)
     chain = (
         sched
         if opts.start_t is None
