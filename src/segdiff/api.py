@@ -18,10 +18,10 @@ import torch
 from .checkpoint import state_dict_cpu, write_files
 from .config import PredictConfig, RunConfig, preset
 from .devices import default_device
-from .diffusion import training_loss
 from .diffusion.schedule import sample_timestep
 from .model import build_network
 from .predict.predictor import Prediction, Predictor
+from .train.step import LossModule
 
 __all__ = ["Prediction", "Predictor", "SegDiff"]
 
@@ -86,22 +86,17 @@ class SegDiff:
         else:
             x0 = (mask.float() > 0.5).float() * 2 - 1
         n = x0.shape[0]
-        if t is None:  # drawn as the training loop draws them: train.t_sampling (uniform or high_noise)
-            T, kind = len(self.schedule), self.config.train.t_sampling
-            t = torch.tensor([sample_timestep(T, kind, generator) for _ in range(n)], device=self.device)
+        if t is None:  # drawn as the training loop draws them: train.t_sampling (uniform or high_noise), p_t_max
+            T, tc = len(self.schedule), self.config.train
+            t = torch.tensor([sample_timestep(T, tc.t_sampling, generator, tc.p_t_max) for _ in range(n)])
+            t = t.to(self.device)
         if eps is None:
             eps = torch.randn(x0.shape, generator=generator).to(self.device)
-        cond = self.net.encode_image(self.normalize(image))
-        return training_loss(
-            self.net,
-            x0,
-            cond,
-            t.to(self.device),
-            eps.to(self.device),
-            self.schedule,
-            self.config.model.prediction,
-            valid,
-        )
+        # the training step's own loss module: the run's prediction target and its loss levers (x0 logits with
+        # the segmentation loss, their weights); a self-conditioned network gets a zero x0 input here, and
+        # staged training's one-pass phase (a function of the step) is the training loop's
+        loss_fn = LossModule(self.net, self.schedule, self.config)
+        return loss_fn(image, x0, t.to(self.device), eps.to(self.device), valid)
 
     # -- prediction (segdiff.predict.predictor.Predictor) ---------------------------------------
     def sampling_options(self, base: PredictConfig | None = None, **overrides) -> PredictConfig:

@@ -13,6 +13,15 @@ DDIM 1 step x 1 generation, raw and EMA weights; one-pass models: one forward.
 Reported: val IoU / Dice (per-image mean, %), steps, wall minutes, and CPU minutes of the process
 (time.process_time; with one thread this is close to the uncontended compute time even when other jobs
 share the cores). One JSON line per run is appended to OUT/recipe.jsonl.
+
+Issue 20 adds: `--dataset texture | classes`, the demos' binary and 3-class texture data (tiny preset
+network and data, 32 x 32 images, scored on their 16 validation images, never the test split); beside
+accuracy the paper's 10-bin calibration score (per-image mean; K classes: of the top-class probability
+against its correctness) and the AUROC of the per-pixel uncertainty for telling wrong from right pixels
+(diffusion: std over generations, K classes the entropy of the mean distribution; `conf_auroc`: the
+same from the mean probability's own confidence, which is all a one-pass model has); `--sample
+NAME=SAMPLER:STEPS:GENERATIONS[:START_T]` (repeatable) for the sampling protocols scored, and
+`--score-only` to score an existing run of OUT/runs again.
 """
 
 from __future__ import annotations
@@ -30,12 +39,19 @@ import torch
 
 from ..api import SegDiff
 from ..config import DataConfig, RunConfig, apply_overrides, parse_assignments, preset
+from ..data.classes import read_labels
 from ..data.folder import pair_split
-from ..data.io import read_image, read_mask, write_mask, write_png
+from ..data.io import read_image, read_image_channels, read_mask, write_mask, write_png
 from ..errors import UserError
+from ..metrics.calibration import calibration_score
+from ..metrics.classes import mean_foreground_iou
 from ..metrics.overlap import confusion, f1_from_confusion, iou_from_confusion
+from ..metrics.uncertainty import confidence_uncertainty, error_auroc
 from ..train.loop import train
 from .monuseg import val_split
+
+DATASETS = ("monuseg", "texture", "classes")
+DEFAULT_SAMPLING = ("ddim5x2=ddim:5:2", "ddim1x1=ddim:1:1")
 
 
 def narrow_config(crop: int = 32) -> RunConfig:
@@ -81,22 +97,81 @@ def view(data: Path, out: Path, crop: int = 128) -> Path:
     return root
 
 
+def texture_config(dataset: str) -> RunConfig:
+    """The demos' network and data (the `tiny` preset: 32 x 32 images, flips) with the recipe runs' cadence."""
+    cfg = narrow_config()
+    tiny = preset("tiny")
+    cfg.data, cfg.predict = tiny.data, dataclasses.replace(tiny.predict, mode="pad")
+    return cfg
+
+
+def texture_data(dataset: str, out: Path) -> Path:
+    """OUT/<dataset>_data: the demo's data set (train 160, val 16, test 32; the test split is not used)."""
+    from ..demo import make_classes_dataset, make_dataset
+
+    root = out / f"{dataset}_data"
+    if not (root / "val").is_dir():
+        (make_dataset if dataset == "texture" else make_classes_dataset)(root)
+    return root
+
+
+def parse_sampling(items) -> list[tuple[str, dict]]:
+    """["ddim5x2=ddim:5:2", "warm=ddim:3:4:40"] -> [(name, predict keyword arguments)]."""
+    out = []
+    for item in items:
+        name, _, spec = item.partition("=")
+        parts = spec.split(":")
+        if not name or len(parts) not in (3, 4):
+            raise UserError(f"--sample {item}: expected NAME=SAMPLER:STEPS:GENERATIONS[:START_T]")
+        kw = {"sampler": parts[0], "steps": int(parts[1]), "generations": int(parts[2])}
+        if len(parts) == 4:
+            kw["start_t"] = int(parts[3])
+        out.append((name, kw))
+    return out
+
+
 def score(model: SegDiff, val_dir: Path, settings) -> dict:
+    """Per setting: IoU / Dice (binary) or foreground mIoU (K classes) in %, the calibration score, the
+    error AUROC of the uncertainty map and of the mean probability's confidence, pooled over the images."""
     out = {}
-    pairs = [(s.stem, read_image(s.image), read_mask(s.mask)) for s in pair_split(val_dir)]
+    cs = model.classes
+    if cs is None:
+        pairs = [(s.stem, read_image(s.image), read_mask(s.mask)) for s in pair_split(val_dir)]
+    else:
+        pairs = [(s.stem, read_image_channels(s.image), read_labels(s.mask, cs)) for s in pair_split(val_dir)]
     for name, kw in settings:
-        ious, dices = [], []
+        ious, dices, cals, preds, unc, conf, wrong = [], [], [], [], [], [], []
         t0 = time.perf_counter()
         for stem, im, m in pairs:
-            pred = model.predict(im, keys=[stem], **kw).mask[0].numpy()
-            c = confusion(pred, m)
-            ious.append(iou_from_confusion(c))
-            dices.append(f1_from_confusion(c))
-        out[name] = {
-            "iou": 100 * float(np.mean(ious)),
-            "dice": 100 * float(np.mean(dices)),
+            p = model.predict(im, keys=[stem], **kw)
+            pred, prob = p.mask[0].numpy(), p.prob[0].numpy()
+            if cs is None:
+                c = confusion(pred, m)
+                ious.append(iou_from_confusion(c))
+                dices.append(f1_from_confusion(c))
+                cals.append(calibration_score(prob, m))
+                conf.append(confidence_uncertainty(prob).ravel())
+                keep = np.ones(m.shape, bool)
+            else:
+                preds.append(pred)
+                keep = m < cs.K  # ignored pixels are neither right nor wrong
+                top = prob.max(0)
+                cals.append(calibration_score(top[keep], (pred == m)[keep]))
+                conf.append(1 - top[keep])
+            unc.append(p.uncertainty[0].numpy()[keep])
+            wrong.append((pred != m)[keep])
+        w = np.concatenate(wrong)
+        res = {
+            "calibration": float(np.mean(cals)),
+            "unc_auroc": error_auroc(np.concatenate(unc), w),
+            "conf_auroc": error_auroc(np.concatenate(conf), w),
             "seconds": time.perf_counter() - t0,
         }
+        if cs is None:
+            res.update(iou=100 * float(np.mean(ious)), dice=100 * float(np.mean(dices)))
+        else:
+            res.update(iou=100 * mean_foreground_iou(preds, [m for _, _, m in pairs], cs.K))
+        out[name] = res
     return out
 
 
@@ -104,40 +179,46 @@ def main(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m segdiff.bench.recipe_cpu",
     )
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=None, help="the MoNuSeg data folder (--dataset monuseg)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--set", action="append", default=[], help="section.field=value (repeatable)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--dataset", choices=DATASETS, default="monuseg")
+    p.add_argument("--sample", action="append", default=None, help="NAME=SAMPLER:STEPS:GENERATIONS[:START_T]")
+    p.add_argument("--score-only", action="store_true", help="score the existing run OUT/runs/NAME again")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    root = view(a.data, a.out)
-    cfg = apply_overrides(narrow_config(), {"train.max_steps": a.steps})
+    if a.dataset == "monuseg":
+        if a.data is None:
+            raise UserError("--data: give the MoNuSeg data folder for --dataset monuseg")
+        root, cfg = view(a.data, a.out), narrow_config()
+    else:
+        root, cfg = texture_data(a.dataset, a.out), texture_config(a.dataset)
+    cfg = apply_overrides(cfg, {"train.max_steps": a.steps})
     cfg = apply_overrides(cfg, parse_assignments(a.set), text=True).validate()
     run = a.out / "runs" / a.name
-    if run.exists():
-        shutil.rmtree(run)
-    w0, c0 = time.time(), time.process_time()
-    summary = train(root, run, cfg, device="cpu", progress=False)
-    wall, cpu = time.time() - w0, time.process_time() - c0
-    res = {
-        "name": a.name,
-        "set": a.set,
-        "steps": summary["step"],
-        "train_wall_min": wall / 60,
-        "train_cpu_min": cpu / 60,
-    }
+    res = {"name": a.name, "dataset": a.dataset, "set": a.set}
+    if a.score_only:
+        if not (run / "config.json").is_file():
+            raise UserError(f"{run}: no run to score (train it first, without --score-only)")
+        cfg = RunConfig.load(run / "config.json")
+        res["score_only"] = True
+    else:
+        if run.exists():
+            shutil.rmtree(run)
+        w0, c0 = time.time(), time.process_time()
+        summary = train(root, run, cfg, device="cpu", progress=False)
+        wall, cpu = time.time() - w0, time.process_time() - c0
+        res.update(steps=summary["step"], train_wall_min=wall / 60, train_cpu_min=cpu / 60)
     scores = {}
     for weights in ("raw", "ema"):
         model = SegDiff.load(run, weights=weights, device="cpu")
         if cfg.model.prediction == "onepass":
             settings = [("onepass", {"generations": 1})]
         else:
-            settings = [
-                ("ddim5x2", {"sampler": "ddim", "steps": 5, "generations": 2}),
-                ("ddim1x1", {"sampler": "ddim", "steps": 1, "generations": 1}),
-            ]
+            settings = parse_sampling(a.sample or DEFAULT_SAMPLING)
         scores[weights] = score(model, root / "val", settings)
     res["val"] = scores
     res["threads"] = a.threads

@@ -32,6 +32,7 @@ from .choices import (
     T_SAMPLINGS,
     TIME_EMBEDDINGS,
     VARIANCES,
+    X0_OUTPUTS,
 )
 from .errors import ConfigError
 from .migration import OLD_KEYS, merge_dict, migrate, read_json
@@ -69,6 +70,7 @@ __all__ = [
     "TIME_EMBEDDINGS",
     "T_SAMPLINGS",
     "VARIANCES",
+    "X0_OUTPUTS",
     "AugmentConfig",
     "ConfigError",
     "DataConfig",

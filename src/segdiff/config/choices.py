@@ -26,3 +26,4 @@ CONDITIONINGS = ("sum", "concat", "image", "inject")
 ENCODERS = ("rrdb", "hardnet")  # model.encoder: G (model.fusion.build_encoder)
 LR_SCHEDULES = ("constant", "cosine", "linear")  # train.schedule.learning_rate
 T_SAMPLINGS = ("uniform", "high_noise")  # diffusion.schedule.sample_timestep
+X0_OUTPUTS = ("direct", "logits")  # model.x0_output: how an x0 network's output becomes x0 (model.unet)

@@ -104,7 +104,8 @@ def _fast(cfg: RunConfig, name: str, lr: float, warmup: int, ema_rate: float) ->
     weighted toward high noise, a constant lr after a warm-up (a cosine decay scored lower at equal steps), a
     short EMA; validation only at the end of training (a budget run's steps are fixed up front), on 4 images
     with few steps. Chosen on the MoNuSeg validation images with the tiny network on a CPU (docs/results.md,
-    "Recipe for short budgets")."""
+    "Recipe for short budgets"). Issue 20 added: x0 as logits trained with the segmentation loss beside the
+    MSE (BCE or cross-entropy + soft Dice), and staged training (the first half of the steps one-pass)."""
     train = dataclasses.replace(
         cfg.train,
         lr=lr,
@@ -116,11 +117,13 @@ def _fast(cfg: RunConfig, name: str, lr: float, warmup: int, ema_rate: float) ->
         val_sampling_steps=5,
         val_max_images=4,
         compile="auto",
+        seg_loss_weight=1.0,
+        onepass_fraction=0.5,
     )
     return dataclasses.replace(
         cfg,
         preset=name,
-        model=dataclasses.replace(cfg.model, prediction="x0"),
+        model=dataclasses.replace(cfg.model, prediction="x0", x0_output="logits"),
         train=train,
         predict=dataclasses.replace(cfg.predict, generations=4, sampling_steps=5, sampler="ddim"),
     )

@@ -24,6 +24,7 @@ from .choices import (
     T_SAMPLINGS,
     TIME_EMBEDDINGS,
     VARIANCES,
+    X0_OUTPUTS,
 )
 from .errors import ConfigError
 from .migration import merge_dict, read_json
@@ -88,6 +89,14 @@ class ModelConfig:
     conditioning: str = "sum"
     encoder: str = "rrdb"
     inject_after: int = 1
+    # -- issue 20 levers (defaults = the earlier behaviour) --
+    # How an x0 network's output becomes x0: "direct" (the output is x0) or "logits" (x0 = 2 sigmoid(z) - 1
+    # for a binary mask, 2 softmax(z) - 1 over the K class channels), so that a segmentation loss can be
+    # put on the logits (train.seg_loss_weight); the samplers still see x0 (and eps through eps_from_x0).
+    x0_output: str = "direct"
+    # Self-conditioning (Chen, Zhang and Hinton 2022): F also receives the previous x0 estimate (M more
+    # input channels; zeros when there is none), the previous sampling step's x0 at prediction.
+    self_condition: bool = False
 
     @property
     def stride(self) -> int:
@@ -115,6 +124,17 @@ class ModelConfig:
                 self.inject_after,
                 f"must be between 1 and the network's {downs} downsampling blocks (one fewer than model.channel_mult)",
             )
+        _one_of(self, prefix, "x0_output", X0_OUTPUTS)
+        if self.x0_output == "logits" or self.self_condition:
+            key = prefix + ("x0_output" if self.x0_output == "logits" else "self_condition")
+            _check(
+                self.prediction != "onepass",
+                key,
+                getattr(self, key[len(prefix) :]),
+                "needs a diffusion model (model.prediction eps or x0), not the one-pass baseline",
+            )
+        if self.x0_output == "logits":
+            _check(self.prediction == "x0", prefix + "x0_output", self.x0_output, "needs model.prediction = x0")
         # attention levels (and the middle block, at the last level) split their channels over the heads
         ds_of_level = [2**i for i in range(len(self.channel_mult))]
         for ds, mult in zip(ds_of_level, self.channel_mult):
@@ -264,6 +284,22 @@ class TrainConfig:
     compile: str = "off"
     # a step whose loss or gradient is NaN/Inf: stop with an error naming it (False) or skip it, counted in the log
     skip_nonfinite: bool = False
+    # -- issue 20 levers (defaults = the earlier behaviour) --
+    # The x0 network's loss: mse_loss_weight x MSE(x0) + seg_loss_weight x (BCE + soft Dice; cross-entropy
+    # + soft Dice for K classes) on its logits (seg_loss_weight > 0 needs model.x0_output = logits).
+    mse_loss_weight: float = 1.0
+    seg_loss_weight: float = 0.0
+    # model.self_condition: the fraction of training samples whose x0 input is first made by a no-grad pass
+    self_condition_prob: float = 0.5
+    # Staged training: the first onepass_steps steps train the same network as a one-pass segmenter (x_t = 0
+    # at t = T - 1, its own loss), the rest as the diffusion model; counted in max_steps. onepass_fraction:
+    # the same as a share of max_steps (of the max_steps a budget fixes; every step before the fix is one-pass),
+    # so a resumed run that changes max_steps moves the boundary (use onepass_steps for a fixed count).
+    onepass_steps: int = 0
+    onepass_fraction: float = 0.0
+    # Probability that a training timestep is t = T - 1 (where the x0 model is a one-pass segmenter that
+    # also sees noise) instead of a draw from t_sampling.
+    p_t_max: float = 0.0
 
     def validate(self, T: int, prefix: str = "train.") -> None:
         _at_least(self, prefix, 1, "batch_size", "max_steps", "log_every", "val_generations")
@@ -286,6 +322,22 @@ class TrainConfig:
             _check(v > 0, k, v, "must be positive (or none)")
         _at_least(self, prefix, 0, "budget_warmup_steps", "budget_probe_steps")
         _at_least(self, prefix, 0, "budget_fixed_at", optional=True)
+        _at_least(self, prefix, 0, "mse_loss_weight", "seg_loss_weight", "onepass_steps")
+        _check(
+            self.mse_loss_weight + self.seg_loss_weight > 0,
+            prefix + "seg_loss_weight",
+            self.seg_loss_weight,
+            "mse_loss_weight and seg_loss_weight cannot both be 0",
+        )
+        _check(
+            not (self.onepass_steps and self.onepass_fraction),
+            prefix + "onepass_fraction",
+            self.onepass_fraction,
+            "give onepass_steps or onepass_fraction, not both",
+        )
+        for name in ("self_condition_prob", "p_t_max", "onepass_fraction"):
+            v = getattr(self, name)
+            _check(0 <= v <= 1, prefix + name, v, "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -318,10 +370,14 @@ class PredictConfig:
     # folder of the persistent compile caches; None = $SEGDIFF_CACHE_DIR or ~/.cache/segdiff/inductor
     compile_cache: str | None = None
     seed: int = 0  # the noise of generation k of an image is keyed by (seed, image key, k)
+    # -- issue 20 lever (default = the earlier behaviour) --
+    # None: the chain starts from pure noise at t = T - 1. t: one network pass at T - 1 gives a first x0,
+    # noised to timestep t (q_sample), and the K sampling steps walk t .. 0 from there (K + 1 network calls).
+    start_t: int | None = None
 
     def steps_for(self, T: int) -> int:
         """The sampling steps K walked with a model of T diffusion steps (sampling_steps, or T when unset)."""
-        return chain_length(self.sampling_steps, T)
+        return chain_length(self.sampling_steps, T if self.start_t is None else self.start_t + 1)
 
     def validate(self, T: int | None = None, size: int | None = None, prefix: str = "predict.") -> None:
         """T: the model's diffusion steps (bounds sampling_steps); size: its window (bounds tile_stride)."""
@@ -331,6 +387,11 @@ class PredictConfig:
             _check(self.sampling_steps >= 1, k, self.sampling_steps, "must be at least 1 (or none = T)")
             if T is not None:
                 _check(self.sampling_steps <= T, k, self.sampling_steps, f"must be at most T = {T}")
+        if self.start_t is not None:
+            k, v = prefix + "start_t", self.start_t
+            _check(v >= 0 and (T is None or v < T - 1), k, v, "must be a timestep below T - 1 (or none)")
+            K = self.sampling_steps
+            _check(K is None or K <= v + 1, prefix + "sampling_steps", K, f"must be at most start_t + 1 = {v + 1}")
         _one_of(self, prefix, "sampler", SAMPLERS)
         _one_of(self, prefix, "variance", VARIANCES)
         _check(self.eta >= 0, prefix + "eta", self.eta, "must be at least 0")
@@ -399,6 +460,9 @@ class RunConfig:
             v = getattr(self.data, key[5:])
             n = self.model.image_channels
             _check(v is None or len(v) == n, key, v, f"expected {n} values (model.image_channels)")
+        if self.train.seg_loss_weight > 0:
+            v = self.train.seg_loss_weight
+            _check(self.model.x0_output == "logits", "train.seg_loss_weight", v, "needs model.x0_output = logits")
         k = 1 if not self.data.classes else len(self.data.classes)
         _check(
             self.model.mask_channels == k,

@@ -120,10 +120,12 @@ class TrainBatches:
         seed: int,
         t_sampling: str = "uniform",
         channels: int | None = None,
+        p_t_max: float = 0.0,
     ):
         if not samples:
             raise DataError("no training images")
         self.cfg, self.T, self.seed, self.t_sampling = cfg, T, seed, t_sampling
+        self.p_t_max = p_t_max
         self.classes = ClassSet.from_config(cfg)
         self.mask_channels = 1 if self.classes is None else self.classes.K
         self.out_hw = (cfg.augment.crop or cfg.size,) * 2
@@ -175,14 +177,14 @@ class TrainBatches:
         image = self.images[i].float() / self.scale
         if self.classes is None:
             image, mask = augment(image, self.masks[i].float(), self.cfg.augment, self.out_hw, g)
-            t = sample_timestep(self.T, self.t_sampling, g)
+            t = sample_timestep(self.T, self.t_sampling, g, self.p_t_max)
             eps = torch.randn((1, *self.out_hw), generator=g)
             return image, mask * 2 - 1, t, eps
         K = self.classes.K
         label = self.masks[i][0].long()
         onehot = torch.nn.functional.one_hot(label.clamp(max=K), K + 1).permute(2, 0, 1).float()  # K = ignore
         image, onehot = augment(image, onehot, self.cfg.augment, self.out_hw, g)
-        t = sample_timestep(self.T, self.t_sampling, g)
+        t = sample_timestep(self.T, self.t_sampling, g, self.p_t_max)
         eps = torch.randn((K, *self.out_hw), generator=g)
         valid = 1 - onehot[K:]
         x0 = (onehot[:K] * 2 - 1) * valid

@@ -171,10 +171,12 @@ class VolumeBatches:
     with probability data.volume.foreground_fraction, a slice holding foreground, else any slice; then the
     geometric augmentation (intensity augmentation is not applied: the slices are z-scores, not [0, 1])."""
 
-    def __init__(self, cases: list[Case], cfg: DataConfig, T: int, seed: int, t_sampling: str = "uniform"):
+    def __init__(
+        self, cases: list[Case], cfg: DataConfig, T: int, seed: int, t_sampling: str = "uniform", p_t_max: float = 0.0
+    ):
         if not cases:
             raise DataError("no training cases")
-        self.cfg, self.T, self.seed, self.t_sampling = cfg, T, seed, t_sampling
+        self.cfg, self.T, self.seed, self.t_sampling, self.p_t_max = cfg, T, seed, t_sampling, p_t_max
         self.classes = ClassSet.from_config(cfg)
         vc = cfg.volume
         self.axis, self.fraction = vc.slice_axis, vc.foreground_fraction
@@ -210,7 +212,7 @@ class VolumeBatches:
         K = self.classes.K
         onehot = torch.nn.functional.one_hot(label[0].long().clamp(max=K), K + 1).permute(2, 0, 1).float()
         image, onehot = geometric(image, onehot, self.cfg.augment, self.out_hw, g)
-        t = sample_timestep(self.T, self.t_sampling, g)
+        t = sample_timestep(self.T, self.t_sampling, g, self.p_t_max)
         eps = torch.randn((K, *self.out_hw), generator=g)
         valid = 1 - onehot[K:]
         return image, (onehot[:K] * 2 - 1) * valid, t, eps, valid
@@ -259,5 +261,5 @@ def volume_training(data: Path, config: RunConfig, resume: bool):
     if not resume:
         config = with_volume_shape(config, ds, train, tc.seed)
     source = f"held out of imagesTr by case (seed {tc.seed}, fraction {config.data.val_fraction})" if val else "none"
-    batches = VolumeBatches(train, config.data, config.diffusion.steps, tc.seed, tc.t_sampling)
+    batches = VolumeBatches(train, config.data, config.diffusion.steps, tc.seed, tc.t_sampling, tc.p_t_max)
     return Splits(train, val, source), config, batches, val_slices(val, config.data, tc.val_max_images)

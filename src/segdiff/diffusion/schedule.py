@@ -119,14 +119,17 @@ def make_schedule(T: int = 100, kind: str = "scaled") -> Schedule:
     return Schedule(torch.from_numpy(linear_betas(T, kind)), torch.arange(T))
 
 
-def sample_timestep(T: int, kind: str, generator: torch.Generator | None) -> int:
+def sample_timestep(T: int, kind: str, generator: torch.Generator | None, p_last: float = 0.0) -> int:
     """One training timestep index in 0..T-1.
 
     "uniform": Algorithm 2's t ~ U{0..T-1}. "high_noise": t = floor(T * sqrt(u)), u ~ U[0, 1), so
     P(t) = ((t + 1)^2 - t^2) / T^2 = (2t + 1) / T^2: weight growing linearly with t, mean about 2T/3;
     the noisiest step is drawn 2T - 1 times as often as the cleanest (the steps that decide the mask from
     little signal are the ones a short run must learn first).
+    p_last > 0: with that probability t = T - 1 (one more draw from the generator first; none when 0).
     """
+    if p_last > 0 and float(torch.rand((), generator=generator, dtype=torch.float64)) < p_last:
+        return T - 1
     if kind == "uniform":
         return int(torch.randint(T, (), generator=generator))
     if kind == "high_noise":
@@ -135,8 +138,12 @@ def sample_timestep(T: int, kind: str, generator: torch.Generator | None) -> int
     raise ValueError(f"t_sampling {kind!r}: choose one of {', '.join(T_SAMPLINGS)}")
 
 
-def timestep_probabilities(T: int, kind: str) -> np.ndarray:
+def timestep_probabilities(T: int, kind: str, p_last: float = 0.0) -> np.ndarray:
     """P(t) of `sample_timestep`, t = 0..T-1 (documentation and tests)."""
+    if p_last > 0:
+        p = (1 - p_last) * timestep_probabilities(T, kind)
+        p[-1] += p_last
+        return p
     if kind == "uniform":
         return np.full(T, 1.0 / T)
     if kind == "high_noise":

@@ -35,6 +35,7 @@ from .files import (
     write_summary,
 )
 from .overlap import Confusion, confusion, f1_from_confusion, f1_pooled, iou_from_confusion, iou_pooled
+from .uncertainty import ErrorAUROCAccumulator, confidence_uncertainty
 from .wcov import wcov_paper, weighted_coverage
 
 POLICY = {
@@ -161,6 +162,11 @@ def evaluate_dirs(
 
     rows: list[dict] = []
     calib = CalibrationAccumulator() if prob_files is not None else None
+    # issue 20: does the uncertainty map (a `segdiff predict` folder's) point at the errors; and, for any
+    # probability map, does its own confidence (the one-pass baseline's only uncertainty)
+    unc_files = _uncertainty_files(unc_dir, gt_files) if unc_dir is not None else None
+    unc_auroc = ErrorAUROCAccumulator() if unc_files is not None else None
+    conf_auroc = ErrorAUROCAccumulator() if prob_files is not None else None
     for stem in sorted(gt_files):
         g, p = read_mask(gt_files[stem]), read_mask(pred_files[stem])
         check_same_size(p, pred_files[stem], g, gt_files[stem])
@@ -169,14 +175,35 @@ def evaluate_dirs(
             q = read_prob(prob_files[stem])
             check_same_size(q, prob_files[stem], g, gt_files[stem])
             row["calibration"] = calib.add(q, g)
+            row["confidence_auroc"] = conf_auroc.add(confidence_uncertainty(q), p != g)
+        if unc_auroc is not None:
+            u = read_prob(unc_files[stem])
+            check_same_size(u, unc_files[stem], g, gt_files[stem])
+            row["uncertainty_auroc"] = unc_auroc.add(u, p != g)
         rows.append(row | {"pred_file": str(pred_files[stem]), "gt_file": str(gt_files[stem])})
 
     summary = summarize(rows, paper_compat, calib)
+    summary["uncertainty_auroc"] = unc_auroc.summary() if unc_auroc is not None else None
+    summary["confidence_auroc"] = conf_auroc.summary() if conf_auroc is not None else None
     # the folders scored (absolute), so that a reader such as `segdiff serve --eval` finds the files again
     summary["inputs"] = input_folders(mask_dir, gt_dir, prob_dir, unc_dir)
     if out is not None:
         summary["outputs"] = _write_outputs(out, summary, rows, calib if reliability_png else None)
     return summary
+
+
+def _uncertainty_files(unc_dir: Path, gt_files: dict[str, Path]) -> dict[str, Path] | None:
+    """<stem>.tif uncertainty maps (float, written by segdiff predict) for every ground-truth stem, or None
+    when the folder has none; a folder with some but not all of them is an error naming the first missing."""
+    if not unc_dir.is_dir():
+        return None
+    found = {p.stem: p for p in unc_dir.glob("*.tif")}
+    if not found:
+        return None
+    missing = sorted(set(gt_files) - set(found))
+    if missing:
+        raise UserError(f"{unc_dir}: no uncertainty map {missing[0]}.tif for the mask {gt_files[missing[0]]}")
+    return found
 
 
 def _write_outputs(out: Path, summary: dict, rows: list[dict], calib: CalibrationAccumulator | None) -> dict:
@@ -215,6 +242,10 @@ def format_table(summary: dict) -> str:
         row("Calibration score, mean +- s.e.", f"{cal['mean']:8.5f} +- {cal['stderr']:.5f}  (lower is better)")
         row("Calibration score, pooled bins", f"{cal['pooled']:8.5f}")
         row("ECE, pooled bins", f"{cal['ece']:8.5f}")
+    for key, name in (("uncertainty_auroc", "uncertainty"), ("confidence_auroc", "confidence")):
+        a = summary.get(key)
+        if a and a["pooled"] is not None:
+            row(f"Error AUROC of {name}, pooled", f"{a['pooled']:8.4f}  (0.5 = no signal)")
     for w in summary.get("warnings", []):
         lines.append(f"warning: {w}")
     for name, path in (summary.get("outputs") or {}).items():

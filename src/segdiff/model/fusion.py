@@ -28,8 +28,10 @@ from .rrdb import RRDBEncoder
 
 
 def f_in_channels(cfg: ModelConfig) -> int:
-    """The channels F reads: x_t's, plus the image's for the no-encoder variant."""
-    return cfg.mask_channels + (cfg.image_channels if cfg.conditioning == "image" else 0)
+    """The channels F reads: x_t's, the previous x0 estimate's for a self-conditioned network (issue 20), and
+    the image's for the no-encoder variant."""
+    mask = cfg.mask_channels * (2 if cfg.self_condition else 1)
+    return mask + (cfg.image_channels if cfg.conditioning == "image" else 0)
 
 
 def e_in_channels(cfg: ModelConfig) -> int:

@@ -119,13 +119,20 @@ class SegDiffUNet(nn.Module):
         cond = image if self.G is None else self.G(image)
         return cond if self.inject is None else self.inject(cond)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """[N, M, H, W] x_t, [N] timesteps (original 0..T-1), cond [N or B, C, H, W] -> eps [N, M, H, W]."""
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, x0_prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """[N, M, H, W] x_t, [N] timesteps (original 0..T-1), cond [N or B, C, H, W] -> eps [N, M, H, W].
+        x0_prev [N, M, H, W]: the previous x0 estimate of a self-conditioned network (None = zeros)."""
         n, _, h, w = x_t.shape
         s = self.cfg.stride
         if h % s or w % s:
             raise ValueError(f"input {h}x{w} is not a multiple of the network stride {s}; pad it first")
         emb = self.time_embed(t)
+        if self.cfg.self_condition:  # the previous x0 estimate enters F beside x_t (zeros when there is none)
+            x_t = torch.cat([x_t, torch.zeros_like(x_t) if x0_prev is None else x0_prev.to(x_t.dtype)], dim=1)
+        elif x0_prev is not None:
+            raise ValueError("x0_prev given to a network without model.self_condition")
         h0 = combine(self.cfg, self.F, x_t, cond)  # generations of the same image share one cond row
         hs = [h0]
         h = h0

@@ -20,7 +20,7 @@ import torch
 
 from ..config import COMPILE_MODES, PredictConfig
 from ..diffusion import sample
-from ..diffusion.gaussian import eps_from_x0, onepass_logits
+from ..diffusion.gaussian import eps_from_x0, onepass_logits, q_sample, x0_from_eps, x0_from_output
 from ..diffusion.schedule import Schedule
 from ..rng import GenerationNoise
 from . import compiling
@@ -80,13 +80,24 @@ def sample_x0(
     prediction = output_kind(net)
     if prediction == "onepass":  # the baseline segmenter: one deterministic map, the same for every generation
         with autocast(device, opts.amp):
-            logits = onepass_logits(fwd, cond, (B, 1, H, W))
+            logits = onepass_logits(fwd, cond, (B, M, H, W))
         if on_step is not None:  # its one network call (progress bars count it)
             on_step()
+        if M > 1:  # K classes: 2 softmax - 1, the one-hot x0 space
+            return x0_from_output(logits.float(), "logits")[:, None].expand(B, G, M, H, W).clone()
         return torch.tanh(logits.float() / 2).expand(B, G, H, W).clone()  # (x0 + 1) / 2 = sigmoid(logits)
-    # an x0-predicting network: eps of eq. 5 at the original timestep (a respaced chain keeps the original
-    # alpha_bar at its steps), so that the sampler's x0 from this eps is the network's x0
-    coefs = sched.on(device) if prediction == "x0" else None
+    # issue 20: logits networks, self-conditioning (the previous step's x0 is fed), a chain started below T
+    x0_output = getattr(getattr(net, "cfg", None), "x0_output", "direct")
+    self_cond = getattr(getattr(net, "cfg", None), "self_condition", False)
+    chain = (
+        sched
+        if opts.start_t is None
+        else Schedule(sched.betas[: opts.start_t + 1], sched.timesteps[: opts.start_t + 1])
+    )
+    # eq. 5's conversions between x0 and eps at the original timestep (a respaced chain, and the warm start's
+    # prefix of the schedule, keep the original alpha_bar at their steps), so that the sampler's x0 from this
+    # eps is the network's x0; computed once on the device
+    coefs = sched.on(device)
     out = torch.empty(B, G, M, H, W, device=device)
     all_keys = noise_keys(keys, G, opts.seed)
     for b0, b1, g0, g1 in generation_chunks(B, G, per_batch):
@@ -100,25 +111,39 @@ def sample_x0(
         noise = GenerationNoise.for_keys(chunk_keys, device)
         x_T = noise.randn((M, H, W), device)
 
-        def eps_fn(x, t, c=c):
+        state: dict = {"x0": None}  # this chunk's latest x0 estimate (self-conditioning, the warm start)
+
+        def eps_fn(x, t, c=c, state=state):
             with autocast(device, opts.amp):
-                y = fwd(x, t, c)
+                y = fwd(x, t, c, state["x0"]) if self_cond else fwd(x, t, c)
             if on_step is not None:
                 on_step()
-            # an x0-predicting network: eps of eq. 5, so that every sampler runs its one eps code path
-            return eps_from_x0(x, t, y.float(), coefs) if coefs is not None else y
+            if prediction == "x0":  # eps of eq. 5, so that every sampler runs its one eps code path
+                x0 = x0_from_output(y.float(), x0_output)
+                eps = eps_from_x0(x, t, x0, coefs)
+            else:
+                eps, x0 = y, (x0_from_eps(x, t, y.float(), coefs) if self_cond or opts.start_t is not None else None)
+            if x0 is not None:
+                state["x0"] = x0.clamp(-1.0, 1.0)
+            return eps
 
-        x0 = sample(opts.sampler, eps_fn, x_T, sched, noise, sampling_steps, opts.variance, opts.eta, opts.clip_x0)
+        if opts.start_t is not None:  # one pass at T - 1 from pure noise, its x0 noised to start_t
+            eps_fn(x_T, sched.timesteps[-1:].to(device).expand(x_T.shape[0]))
+            t_s = torch.full((x_T.shape[0],), int(sched.timesteps[opts.start_t]), device=device)
+            x_T = q_sample(state["x0"], t_s, noise.randn((M, H, W), device), sched)
+        x0 = sample(opts.sampler, eps_fn, x_T, chain, noise, sampling_steps, opts.variance, opts.eta, opts.clip_x0)
         out[b0:b1, g0:g1] = x0[:n].view(b1 - b0, g1 - g0, M, H, W)
     return out[:, :, 0] if M == 1 else out
 
 
 def network_calls(batch: int, opts: PredictConfig, T: int, prediction: str = "eps") -> int:
     """How many network calls `sample_x0` makes for `batch` images under `opts` with a model of T diffusion
-    steps that predicts `prediction` (`output_kind`): one for a one-pass model, whatever the generations."""
+    steps that predicts `prediction` (`output_kind`): one for a one-pass model, whatever the generations; the
+    warm start (predict.start_t) adds its first pass to every chunk."""
     if prediction == "onepass":
         return 1
-    return compiling.calls_for(batch, opts.generations, opts.batch_generations, opts.steps_for(T))
+    calls = opts.steps_for(T) + (opts.start_t is not None)
+    return compiling.calls_for(batch, opts.generations, opts.batch_generations, calls)
 
 
 def output_kind(net) -> str:

@@ -62,7 +62,7 @@ from .distributed import (
 from .ema import EMA
 from .logging import RunLog, plot_curves
 from .schedule import learning_rate, probe_end, should_compile, steps_for_budget
-from .step import LossModule, train_step
+from .step import LossModule, step_levers, train_step
 from .validation import validate, validation_options
 
 _now = time.time  # the loop's clock (a test replaces it to make the budget's throughput probe deterministic)
@@ -179,6 +179,7 @@ class TrainingRun:
                 tc.seed,
                 tc.t_sampling,
                 channels=config.model.image_channels,
+                p_t_max=tc.p_t_max,
             )
             if config.data.mean is None:
                 mean, std = channel_stats(self.batches.float_images())
@@ -449,6 +450,10 @@ class TrainingRun:
         """One optimizer step on `batch` (Algorithm 2's body), with its non-finite check."""
         tc, info, step = self.tc, self.info, self.step
         batch = tuple(v.to(self.device, non_blocking=True) for v in batch)
+        levers = step_levers(self.config, step, info.rank * self.per_rank, (info.rank + 1) * self.per_rank)
+        if levers:  # issue 20's self-conditioning rows / one-pass phase; valid (None for binary masks) first
+            rows = None if levers[0] is None else levers[0].to(self.device)
+            batch = (*batch[:4], batch[4] if len(batch) > 4 else None, rows, levers[1])
         if info.enabled:  # each rank its own dropout masks, keyed so that a resumed run continues exactly
             torch.manual_seed(rng.key(tc.seed, "dropout", info.rank, step))
         for group in self.opt.param_groups:

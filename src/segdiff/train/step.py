@@ -8,6 +8,7 @@ import contextlib
 import torch
 from torch import nn
 
+from .. import rng
 from ..config import RunConfig
 from ..data.transforms import normalize
 from ..diffusion import Schedule, training_loss
@@ -24,10 +25,40 @@ class LossModule(nn.Module):
         self.schedule = schedule  # plain tensors, not module state
         self.config = config
 
-    def forward(self, image, x0, t, eps, valid=None):
-        data = self.config.data
+    def forward(self, image, x0, t, eps, valid=None, self_cond=None, onepass_phase=False):
+        """self_cond [N] bool: samples whose x0 input is first estimated (model.self_condition);
+        onepass_phase: a step of staged training's one-pass phase (train.onepass_steps)."""
+        data, m, tc = self.config.data, self.config.model, self.config.train
         cond = self.net.encode_image(normalize(image, data.mean, data.std))
-        return training_loss(self.net, x0, cond, t, eps, self.schedule, self.config.model.prediction, valid)
+        levers = {}
+        if m.x0_output != "direct" or tc.mse_loss_weight != 1.0 or tc.seg_loss_weight:
+            levers.update(x0_output=m.x0_output, mse_weight=tc.mse_loss_weight, seg_weight=tc.seg_loss_weight)
+        if self_cond is not None or onepass_phase:
+            levers.update(self_cond=self_cond, onepass_phase=onepass_phase)
+        return training_loss(self.net, x0, cond, t, eps, self.schedule, m.prediction, valid, **levers)
+
+
+def onepass_end(tc) -> float:
+    """The first step after staged training's one-pass phase: onepass_steps, or onepass_fraction of
+    max_steps (infinite while a budget run has not fixed max_steps yet: the probe steps are one-pass)."""
+    if tc.onepass_fraction > 0:
+        if tc.budget_minutes is not None and tc.budget_fixed_at is None:
+            return float("inf")
+        return round(tc.onepass_fraction * tc.max_steps)
+    return tc.onepass_steps
+
+
+def step_levers(config: RunConfig, step: int, start: int, stop: int) -> tuple:
+    """The extra arguments of LossModule for `step` (empty when no lever is on, so the call is as before):
+    the self-conditioning rows of this rank's slice start..stop of the global batch (keyed by seed and step,
+    not drawn from the global RNG: a resumed run draws the same), and whether the step is in the one-pass phase."""
+    tc = config.train
+    phase = step < onepass_end(tc)
+    rows = None
+    if config.model.self_condition and not phase:
+        g = rng.generator(tc.seed, "self_condition", step)
+        rows = (torch.rand(tc.batch_size, generator=g, dtype=torch.float64) < tc.self_condition_prob)[start:stop]
+    return () if rows is None and not phase else (rows, phase)
 
 
 def _grad_norm(net: nn.Module, grad_clip: float) -> torch.Tensor:

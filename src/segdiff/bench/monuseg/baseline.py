@@ -35,14 +35,26 @@ def threshold_baseline(view: Path) -> dict:
 def baseline_phase(bench: Bench, cfg: RunConfig, minutes: float) -> dict:
     """The same network trained as a plain one-pass segmenter (x_t = 0, t = 0, sigmoid, BCE + soft Dice) for
     the same training minutes, predicted once per window by the same quadrant protocol, evaluated alike."""
-    tc = replace(cfg.train, budget_fixed_at=None, val_generations=1, val_sampling_steps=1)
+    # the diffusion-only levers of the recipe (issue 20) are off for the one-pass segmenter
+    tc = replace(
+        cfg.train,
+        budget_fixed_at=None,
+        val_generations=1,
+        val_sampling_steps=1,
+        seg_loss_weight=0.0,
+        mse_loss_weight=1.0,
+        onepass_steps=0,
+        onepass_fraction=0.0,
+        p_t_max=0.0,
+    )
     if tc.budget_minutes is not None:
         tc = replace(tc, budget_minutes=minutes, max_steps=10**9)
     bcfg = replace(
         cfg,
         preset=f"{cfg.preset} as a one-pass segmenter",
-        model=replace(cfg.model, prediction="onepass"),
+        model=replace(cfg.model, prediction="onepass", x0_output="direct", self_condition=False),
         train=tc,
+        predict=replace(cfg.predict, start_t=None),
     )
     folder = bench.out / "baseline"
     trained = train_phase(bench, "baseline_train", bcfg, folder / "run")

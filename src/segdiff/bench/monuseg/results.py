@@ -33,6 +33,10 @@ def test_scores(scores: dict) -> dict:
         "boundf_percent": 100 * scores["boundf"],
         "wcov_paper_percent": 100 * scores["wcov"],
         "calibration": {k: scores["calibration"][k] for k in ("mean", "stderr", "pooled", "ece")},
+        # issue 20: the error AUROC of the uncertainty maps (SegDiff: std over generations) and of the
+        # probability's own confidence (all the one-pass baseline has), pooled over the test pixels
+        "uncertainty_auroc": (scores.get("uncertainty_auroc") or {}).get("pooled"),
+        "confidence_auroc": (scores.get("confidence_auroc") or {}).get("pooled"),
         "n_images": scores["n_images"],
         "averaging": "per-image Dice (F1) and IoU of the foreground, averaged over the test images "
         "(as the paper's tables); pooled: over all test pixels",
