@@ -43,8 +43,11 @@ def test_noop_levers_compute_the_earlier_loss_bitwise():
     step takes no lever arguments."""
     for prediction in ("x0", "eps"):
         cfg = tiny_config()
-        cfg.model.prediction = prediction
-        cfg.data = replace(cfg.data, mean=(0.5,) * 3, std=(0.25,) * 3)
+        cfg = replace(
+            cfg,
+            model=replace(cfg.model, prediction=prediction),
+            data=replace(cfg.data, mean=(0.5,) * 3, std=(0.25,) * 3),
+        )
         torch.manual_seed(0)
         net, sched = SegDiffUNet(cfg.model, 10), make_schedule(10)
         with torch.no_grad():  # the zero-initialised output layer would make every loss equal
@@ -59,14 +62,13 @@ def test_noop_levers_compute_the_earlier_loss_bitwise():
 
 
 def test_noop_sampling_levers_keep_the_earlier_chain():
-    """start_t None and a network without self-conditioning: sample_x0 returns what the earlier x0->eps
-    conversion (alpha_bar 1 off the chain) gave, bitwise."""
+    """start_t None and a network without self-conditioning: sample_x0 is the plain chain over the one
+    x0->eps conversion (gaussian.eps_from_x0 on the schedule's coefficients), bitwise."""
     from segdiff.diffusion import sample
     from segdiff.diffusion.gaussian import eps_from_x0
     from segdiff.rng import GenerationNoise
 
-    cfg = tiny_config().model
-    cfg.prediction = "x0"
+    cfg = replace(tiny_config().model, prediction="x0")
     torch.manual_seed(1)
     net, sched = SegDiffUNet(cfg, 10), make_schedule(10)
     with torch.no_grad():
@@ -74,10 +76,7 @@ def test_noop_sampling_levers_keep_the_earlier_chain():
     image = torch.rand(1, 3, 16, 16)
     opts = PredictConfig(generations=2, sampling_steps=3, sampler="ddim", compile="off")
     got = sample_x0(net, sched, image, [7], opts)
-    chain = sched.respace(3)
-    ab = torch.ones(10, dtype=torch.float64)
-    ab[chain.timesteps] = chain.alpha_bar
-    table = SimpleNamespace(alpha_bar=ab)
+    table = sched.on("cpu")
     with torch.no_grad():
         cond = net.encode_image(image)
         noise = GenerationNoise.for_keys([(0, 7, 0), (0, 7, 1)], "cpu")
@@ -87,8 +86,7 @@ def test_noop_sampling_levers_keep_the_earlier_chain():
 
 
 def test_x0_logits_with_segmentation_loss_learns_a_toy_mask():
-    cfg = tiny_config().model
-    cfg.prediction, cfg.x0_output = "x0", "logits"
+    cfg = replace(tiny_config().model, prediction="x0", x0_output="logits")
     torch.manual_seed(0)
     net, sched = SegDiffUNet(cfg, 20), make_schedule(20)  # T = 10 of the scaled schedule ends at alpha_bar = 0
     yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
@@ -132,9 +130,9 @@ def test_all_levers_resume_bitwise(tiny_data, tmp_path):
 
     def cfg(steps):
         c = tiny_config(max_steps=steps, val_every=3, save_every=3, onepass_steps=4, p_t_max=0.3, seg_loss_weight=1.0)
-        c.model.dropout = 0.1  # the no-grad pass draws dropout masks from the global RNG too
-        c.model.prediction, c.model.x0_output, c.model.self_condition = "x0", "logits", True
-        return c
+        # dropout: the no-grad pass draws dropout masks from the global RNG too
+        model = replace(c.model, dropout=0.1, prediction="x0", x0_output="logits", self_condition=True)
+        return replace(c, model=model)
 
     full = train(tiny_data, tmp_path / "full", cfg(6), device="cpu", progress=False)
     train(tiny_data, tmp_path / "part", cfg(3), device="cpu", progress=False)
@@ -149,7 +147,7 @@ def test_all_levers_resume_bitwise(tiny_data, tmp_path):
 
 def test_step_levers_rows_are_keyed_and_the_phase_counts_steps():
     c = tiny_config(batch_size=64, onepass_steps=2, self_condition_prob=0.5)
-    c.model.prediction, c.model.self_condition = "x0", True
+    c = replace(c, model=replace(c.model, prediction="x0", self_condition=True))
     assert step_levers(c, 1, 0, 64) == (None, True)  # the one-pass phase: no self-conditioning pass
     rows, phase = step_levers(c, 5, 0, 64)
     assert not phase and 16 < int(rows.sum()) < 48
@@ -158,9 +156,9 @@ def test_step_levers_rows_are_keyed_and_the_phase_counts_steps():
     assert not torch.equal(rows, step_levers(c, 6, 0, 64)[0])
     f = tiny_config(max_steps=10, onepass_fraction=0.3)
     assert [step_levers(f, s, 0, 4) for s in (2, 3)] == [(None, True), ()]
-    f.train.budget_minutes, f.train.max_steps = 1.0, 10**9  # a budget run: one-pass until max_steps is fixed
+    f = replace(f, train=replace(f.train, budget_minutes=1.0, max_steps=10**9))  # a budget run: one-pass until fixed
     assert step_levers(f, 50, 0, 4) == (None, True)
-    f.train.budget_fixed_at, f.train.max_steps = 20, 100
+    f = replace(f, train=replace(f.train, budget_fixed_at=20, max_steps=100))
     assert step_levers(f, 29, 0, 4) == (None, True) and step_levers(f, 30, 0, 4) == ()
 
 
