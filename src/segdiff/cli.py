@@ -312,7 +312,7 @@ def add_predict_parser(sub) -> None:
 
 
 def add_demo_parser(sub) -> None:
-    d = sub.add_parser("demo", help="synthetic data -> train tiny -> predict -> evaluate -> report (no download)")
+    d = sub.add_parser("demo", help="synthetic data -> train tiny-fast -> predict -> evaluate -> report (no download)")
     d.add_argument("--out", default="segdiff-demo")
     d.add_argument("--max-steps", type=int, help="training steps (default: 600 of the tiny-fast preset)")
     d.add_argument(
