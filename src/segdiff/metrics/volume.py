@@ -16,8 +16,6 @@ Dice, IoU and the 95th-percentile Hausdorff distance in mm, written as nnU-Net v
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -25,12 +23,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..atomic import atomic_write_text
 from ..classset import ClassSet
 from ..data.nnunet import labels_to_classes
 from ..data.volume import read_labels_volume
 from ..data.volume_io import VOLUME_ENDINGS, ending_of, read_info, strip_ending
 from ..errors import DataError, UserError
+from .files import write_rows_csv, write_summary
 
 METRICS = ("Dice", "IoU", "HD95", "TP", "FP", "FN", "n_pred", "n_ref")
 
@@ -152,15 +150,14 @@ def evaluate_volumes(pred: Path | str, gt: Path | str, out: Path | str | None = 
         "cases": len(per_case),
     }
     target = Path(out) if out is not None else pred / "summary.json"
-    atomic_write_text(target, json.dumps(_json(summary), indent=2) + "\n")
-    rows = io.StringIO()
-    w = csv.writer(rows)
-    w.writerow(["case", "label", "name", *METRICS])
+    write_summary(target, _json(summary))
     names = dict(zip((str(v) for v in classes.values), classes.names))
-    for c in per_case:
-        for k, m in c["metrics"].items():
-            w.writerow([strip_ending(c["reference_file"]), k, names[k], *(m[x] for x in METRICS)])
-    atomic_write_text(target.with_name(target.stem + "_per_case.csv"), rows.getvalue())
+    rows = [
+        {"case": strip_ending(c["reference_file"]), "label": k, "name": names[k], **{x: m[x] for x in METRICS}}
+        for c in per_case
+        for k, m in c["metrics"].items()
+    ]
+    write_rows_csv(target.with_name(target.stem + "_per_case.csv"), rows)
     return summary
 
 
