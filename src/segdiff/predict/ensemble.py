@@ -89,11 +89,8 @@ def sample_x0(
     # issue 20: logits networks, self-conditioning (the previous step's x0 is fed), a chain started below T
     x0_output = getattr(getattr(net, "cfg", None), "x0_output", "direct")
     self_cond = getattr(getattr(net, "cfg", None), "self_condition", False)
-    chain = (
-        sched
-        if opts.start_t is None
-        else Schedule(sched.betas[: opts.start_t + 1], sched.timesteps[: opts.start_t + 1])
-    )
+    n0 = None if opts.start_t is None else opts.start_t + 1  # the warm start walks the schedule's first n0 steps
+    chain = sched if n0 is None else Schedule(sched.betas[:n0], sched.timesteps[:n0], sched.alphas[:n0])
     # eq. 5's conversions between x0 and eps at the original timestep (a respaced chain, and the warm start's
     # prefix of the schedule, keep the original alpha_bar at their steps), so that the sampler's x0 from this
     # eps is the network's x0; computed once on the device
