@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,34 @@ from segdiff.data.io import write_mask, write_png
 from segdiff.demo import synthetic_pair
 
 torch.set_num_threads(1)
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _need(module: str):
+    """The optional module, or a skip (a failure under CI=true: .ci/run installs every extra the tests use)."""
+    try:
+        return pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[dev]')")
+    except pytest.skip.Exception:
+        if IN_CI:
+            pytest.fail(f"CI=true but {module} is not installed: .ci/run must install the serve and dev extras")
+        raise
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the web page's tests (test_serve.py, test_serve_classes.py)."""
+    from segdiff.serve.browser import NOT_FOUND, find_chromium, headless_chromium
+
+    _need("selenium.webdriver")
+    if find_chromium() is None:
+        if IN_CI:
+            pytest.fail(f"CI=true: {NOT_FOUND}")
+        pytest.skip(NOT_FOUND)
+    driver = headless_chromium(1400, 1000, browser_log=True)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
 
 
 def tiny_config(T: int = 10, **train) -> RunConfig:

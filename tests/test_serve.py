@@ -7,7 +7,6 @@ installs them). Without them they skip with the reason, except under CI=true, wh
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import time
 import urllib.request
@@ -18,21 +17,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from conftest import make_dataset, tiny_config
+from conftest import _need, make_dataset, tiny_config
 from segdiff.data.io import read_mask
 from segdiff.errors import UserError
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _need(module: str):
-    try:
-        return pytest.importorskip(module, reason=f"{module} is not installed (pip install -e '.[dev]')")
-    except pytest.skip.Exception:
-        if IN_CI:
-            pytest.fail(f"CI=true but {module} is not installed: .ci/run must install the serve and dev extras")
-        raise
-
 
 _need("starlette")
 _need("httpx")
@@ -337,21 +324,6 @@ def test_serve_cli_errors(capsys, tmp_path):
 
 
 # ---------------------------------------------------------------- the page in a real browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from segdiff.serve.browser import NOT_FOUND, find_chromium, headless_chromium
-
-    _need("selenium.webdriver")
-    if find_chromium() is None:
-        if IN_CI:
-            pytest.fail(f"CI=true: {NOT_FOUND}")
-        pytest.skip(NOT_FOUND)
-    driver = headless_chromium(1400, 1000, browser_log=True)
-    driver.set_script_timeout(30)
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from segdiff.serve.app import Limits, create_app  # noqa: E402
 from segdiff.serve.browser import wait_for  # noqa: E402
 from segdiff.serve.evalbrowser import CLASS_ERROR_COLOURS, EvalIndex  # noqa: E402
 from segdiff.serve.server import ServerThread, allowed_hosts  # noqa: E402
-from test_serve import HEADERS, IN_CI, _need, _wait  # noqa: E402
+from test_serve import HEADERS, _wait  # noqa: E402
 
 K = 3
 SIZE = 16
@@ -252,21 +252,6 @@ def test_eval_api_of_a_class_summary(k3):
 
 
 # ---------------------------------------------------------------- the pages in a real browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from segdiff.serve.browser import NOT_FOUND, find_chromium, headless_chromium
-
-    _need("selenium.webdriver")
-    if find_chromium() is None:
-        if IN_CI:
-            pytest.fail(f"CI=true: {NOT_FOUND}")
-        pytest.skip(NOT_FOUND)
-    driver = headless_chromium(1400, 1000, browser_log=True)
-    driver.set_script_timeout(30)
-    yield driver
-    driver.quit()
 
 
 def _serve(model, workdir, evaluation=None):
